@@ -1,0 +1,47 @@
+"""hf_varinit: weight-initialisation rules for HF models, variance recording and variance reports.
+
+Example:
+    >>> import hf_varinit as hv
+    >>> model = hv.from_config(GPT2Config(n_layer=12), rule="kaiming", seed=0)
+    >>> with hv.patched_init("xavier"):
+    ...     other = AutoModelForCausalLM.from_config(GPT2Config(n_layer=12))
+"""
+
+from . import models, optimal  # noqa: F401  (register the MLP with the Auto classes, and the optimal rule)
+from .callback import VarianceCallback
+from .errors import ConfigError, DataError, HFVarInitError, ReportError, RuleError, StatsError
+from .patch import apply_init, from_config, init_plan, patched_init
+from .recorder import VarianceRecorder
+from .report import VarianceReport
+from .roles import get_roles
+from .rules import Init, InitRule, get_rule, list_rules, register_rule
+from .stats import load_stats, save_stats
+from .steady_state import AnalysisOptions, analyze
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AnalysisOptions",
+    "ConfigError",
+    "DataError",
+    "HFVarInitError",
+    "Init",
+    "InitRule",
+    "ReportError",
+    "RuleError",
+    "StatsError",
+    "VarianceCallback",
+    "VarianceRecorder",
+    "VarianceReport",
+    "analyze",
+    "apply_init",
+    "from_config",
+    "get_roles",
+    "get_rule",
+    "init_plan",
+    "list_rules",
+    "load_stats",
+    "patched_init",
+    "register_rule",
+    "save_stats",
+]

@@ -1,0 +1,161 @@
+"""`VarianceRecorder`: per-layer Q/K/V (and projection, embedding, head) weight statistics during training.
+
+Each record computes, for every tracked tensor or slice, the population mean and variance in float32
+from the float32 master weights (one ``torch.var_mean`` per tensor, no ``.item()``), stacks them and
+moves them to the host in a single transfer. The second moment is ``var + mean^2``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import StatsError
+from .roles import TensorRole, num_layers, tracked_roles
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP / compile / Accelerate wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+class VarianceRecorder:
+    """Record mean, variance and second moment of every tracked weight every ``every`` steps.
+
+    Args:
+        model (`nn.Module`): the model (wrapped or not); its tracked tensors come from `roles.tracked_roles`.
+        every (`int`): record when ``step % every == 0``; call `record` at the final step as well.
+        rule: the init rule spec the model was built with (stored in the metadata with each tensor's init std).
+
+    Example:
+        >>> recorder = VarianceRecorder(model, every=10)
+        >>> recorder.record(0)            # the init
+        >>> ...; recorder.maybe_record(step)
+        >>> recorder.save("runs/k")       # runs/k/variance.safetensors
+    """
+
+    def __init__(self, model: nn.Module, every: int = 1, rule=None):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"VarianceRecorder: every={every!r} must be an integer >= 1")
+        self.model = unwrap(model)
+        self.every = every
+        self.entries: list[tuple[TensorRole, nn.Parameter]] = tracked_roles(self.model)
+        if not self.entries:
+            raise StatsError(f"{type(self.model).__name__} has no tracked weights (no linear or embedding layers)")
+        self.rule = rule
+        self._steps: list[int] = []
+        self._rows: list[np.ndarray] = []  # one (T, 2) array [var, mean] per record
+
+    @property
+    def keys(self) -> list[str]:
+        return [entry.key for entry, _ in self.entries]
+
+    @property
+    def steps(self) -> list[int]:
+        return list(self._steps)
+
+    @torch.no_grad()
+    def compute(self) -> torch.Tensor:
+        """(T, 2) float32 tensor of [population variance, mean] per tracked tensor, on the weights' device."""
+        rows = [torch.stack(torch.var_mean(entry.view(p).detach().float(), correction=0)) for entry, p in self.entries]
+        return torch.stack(rows)
+
+    def record(self, step: int) -> None:
+        """Record the statistics at ``step`` (steps must increase; a repeated step is ignored)."""
+        if self._steps and step <= self._steps[-1]:
+            if step == self._steps[-1]:
+                return
+            raise StatsError(f"VarianceRecorder: step {step} is before the last recorded step {self._steps[-1]}")
+        self._rows.append(self.compute().cpu().numpy())  # the one device-to-host transfer of this record
+        self._steps.append(int(step))
+
+    def maybe_record(self, step: int) -> bool:
+        """Record if ``step`` is a multiple of ``every``; return whether it did."""
+        if step % self.every == 0:
+            self.record(step)
+            return True
+        return False
+
+    def truncate(self, max_step: int) -> None:
+        """Drop records after ``max_step`` (used when resuming from a checkpoint)."""
+        keep = [i for i, s in enumerate(self._steps) if s <= max_step]
+        self._steps = [self._steps[i] for i in keep]
+        self._rows = [self._rows[i] for i in keep]
+
+    def load_records(self, stats) -> None:
+        """Continue from a loaded `VarianceStats` (same tracked keys, in order)."""
+        if list(stats.keys) != self.keys:
+            raise StatsError("the statistics file tracks different tensors than this model; cannot continue it")
+        self._steps = [int(s) for s in stats.step]
+        self._rows = [np.stack([stats.var[i], stats.mean[i]], axis=1) for i in range(len(stats.step))]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The records as arrays: ``step`` (S,), ``mean``, ``var``, ``second_moment`` (S, T)."""
+        if not self._rows:
+            t = len(self.entries)
+            empty = np.zeros((0, t), dtype=np.float32)
+            return {"step": np.zeros(0, dtype=np.int64), "mean": empty, "var": empty, "second_moment": empty}
+        stacked = np.stack(self._rows).astype(np.float32)  # (S, T, 2)
+        var, mean = stacked[..., 0], stacked[..., 1]
+        return {
+            "step": np.asarray(self._steps, dtype=np.int64),
+            "mean": mean,
+            "var": var,
+            "second_moment": (var.astype(np.float64) + mean.astype(np.float64) ** 2).astype(np.float32),
+        }
+
+    def tracked(self) -> list[dict]:
+        """Per tracked tensor: key, name, role, layer, slice, fans, numel and the init std of the rule."""
+        init_std = self._init_stds()
+        return [
+            {
+                "key": e.key,
+                "name": e.name,
+                "role": e.role,
+                "layer": e.layer,
+                "slice": str(e.slice) if e.slice is not None else None,
+                "fan_in": e.fan_in,
+                "fan_out": e.fan_out,
+                "numel": int(np.prod(e.shape)),
+                "init_std": init_std.get(e.key),
+            }
+            for e, _ in self.entries
+        ]
+
+    def _init_stds(self) -> dict[str, float]:
+        if self.rule is None:
+            return {}
+        from .patch import init_plan
+
+        try:
+            return {row.key: row.std for row in init_plan(self.model, self.rule) if row.std is not None}
+        except Exception:  # a report that is gone by now must not stop the run from saving
+            return {}
+
+    def metadata(self) -> dict:
+        """Model facts for the statistics file (model_type, config, n_layer, rule)."""
+        config = getattr(self.model, "config", None)
+        rule = self.rule if self.rule is None or isinstance(self.rule, str) else getattr(self.rule, "spec", None)
+        return {
+            "model_type": getattr(config, "model_type", None) or type(self.model).__name__,
+            "config": json.loads(config.to_json_string(use_diff=False)) if config is not None else {},
+            "n_layer": num_layers(config) if config is not None else None,
+            "rule": rule,
+            "record_every": self.every,
+        }
+
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+        """Write ``variance.safetensors`` (a folder or a file path) atomically; return its path."""
+        from .stats import save_stats
+
+        meta = {**self.metadata(), **(metadata or {})}
+        return save_stats(path, **self.arrays(), tracked=self.tracked(), metadata=meta)

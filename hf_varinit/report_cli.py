@@ -1,0 +1,54 @@
+"""`hf-varinit report`: a variance report from a run's statistics or from a trained checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from .errors import ConfigError, ReportError, StatsError
+from .report import VarianceReport
+from .steady_state import AnalysisOptions
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", nargs="?", help="a run folder (holding variance.safetensors) or the file itself")
+    parser.add_argument("--from-model", metavar="PATH_OR_ID",
+                        help="report the final weights of a save_pretrained folder or hub id instead of a run")
+    parser.add_argument("--output", help="report folder (default: <run>/report, or model_cards/<name>-weights)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the report folder to this hub repo")
+    for f in dataclasses.fields(AnalysisOptions):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                            help=f"{f.metadata.get('help', '')} (default {f.default})")
+
+
+def _default_output(args: argparse.Namespace) -> Path:
+    if args.from_model:
+        return Path("model_cards") / f"{Path(str(args.from_model).rstrip('/')).name}-weights"
+    run = Path(args.run)
+    return (run.parent if run.is_file() else run) / "report"
+
+
+def run_report(args: argparse.Namespace) -> Path:
+    if bool(args.run) == bool(args.from_model):
+        raise ConfigError("give either a run folder / statistics file, or --from-model PATH_OR_ID (not both)")
+    options = AnalysisOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalysisOptions)})
+    try:
+        if args.from_model:
+            from .weights_stats import stats_from_checkpoint
+
+            report = VarianceReport.from_stats(stats_from_checkpoint(args.from_model), options)
+        else:
+            report = VarianceReport.from_stats(args.run, options)
+    except StatsError as exc:
+        raise ReportError(f"cannot build a report: {exc}") from None
+    folder = report.save(args.output or _default_output(args), reference=args.push_to_hub)
+    print(f"variance report written to {folder}/")
+    for path in sorted(folder.iterdir()):
+        print(f"  {path.name}")
+    if report.nonstationary_keys:
+        print(f"not stationary ({len(report.nonstationary_keys)}): {', '.join(report.nonstationary_keys)}")
+    if args.push_to_hub:
+        url = report.push_to_hub(args.push_to_hub, _folder=folder)
+        print(f"pushed to {url}")
+    return folder
