@@ -113,6 +113,24 @@ def _caveats(report: VarianceReport) -> str:
     return "\n".join(f"- {x}" for x in items)
 
 
+def _dynamics_section(report: VarianceReport) -> str:
+    if report.stats is None or report.metadata.get("source") == "checkpoint":
+        return ""
+    from .dynamics import depth_dynamics
+
+    dynamics = depth_dynamics(report.stats)
+    if dynamics is None:
+        return ""
+    return f"""
+## Depth dynamics of Q/K/V variance
+
+Early change = |var(t_early)/var(0) − 1| over the first 10 % of training; half-change step = the first step
+at which a tensor's variance has covered half of its total move (definitions in `hf_varinit.dynamics`).
+
+{dynamics.to_markdown()}
+"""
+
+
 def build_card(report: VarianceReport, reference: str) -> ModelCard:
     """Build the model card; ``reference`` is what the usage snippet passes as ``report=``."""
     from huggingface_hub import ModelCard
@@ -139,7 +157,7 @@ a new model with s0² = V(W) per tensor is the optimal-variance condition of Hor
 {layer_table(report)}
 {f"{chr(10)}Other tracked tensors:{chr(10)}{chr(10)}{other}{chr(10)}" if other else ""}
 {plots}
-
+{_dynamics_section(report)}
 ## Initialise a model from this report
 
 ```python

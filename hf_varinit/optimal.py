@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import ClassVar
@@ -95,6 +96,8 @@ class OptimalRule(InitRule):
             raise RuleError(f"rule 'optimal': fallback={self.fallback!r} must name another rule, e.g. kaiming")
         _check_choice(self.name, "nonstationary", self.nonstationary, ("last", "skip", "error"))
         if self.variances is not None:
+            if not isinstance(self.variances, Mapping):
+                raise RuleError("rule 'optimal': variances must be a dict {key: V(W)}; for a file use report=<path>")
             check_variances(self.variances, "variances")
 
     def weight_init(self, entry, ctx):
