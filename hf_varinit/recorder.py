@@ -17,6 +17,7 @@ from torch import nn
 
 from .errors import StatsError
 from .roles import TensorRole, num_layers, tracked_roles
+from .sharded import is_sharded, sharded_var_mean
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -30,6 +31,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 class VarianceRecorder:
     """Record mean, variance and second moment of every tracked weight every ``every`` steps.
+
+    Under FSDP2 (``fully_shard``) the statistics are computed from the shards with one all-reduce; build
+    the recorder after sharding (or call ``sharded.rebind``), since sharding replaces the parameters.
 
     Args:
         model (`nn.Module`): the model (wrapped or not); its tracked tensors come from `roles.tracked_roles`.
@@ -66,6 +70,8 @@ class VarianceRecorder:
     @torch.no_grad()
     def compute(self) -> torch.Tensor:
         """(T, 2) float32 tensor of [population variance, mean] per tracked tensor, on the weights' device."""
+        if is_sharded(self.entries):  # FSDP2: sums from the shards, one all-reduce (every rank must call)
+            return sharded_var_mean(self.entries)
         rows = [torch.stack(torch.var_mean(entry.view(p).detach().float(), correction=0)) for entry, p in self.entries]
         return torch.stack(rows)
 

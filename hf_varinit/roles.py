@@ -255,7 +255,13 @@ def _fused_entries(module_name, module, param_name, param, fused: Fused, layer, 
             sl = Slice("cols", start=i * width, stop=(i + 1) * width)
         else:
             sl = Slice("rows", start=i * width, stop=(i + 1) * width)
-        shape = tuple(sl.view(param).shape)
+        rest = tuple(param.shape[1:])
+        if sl.kind == "cols":
+            shape = (param.shape[0], width)
+        elif sl.kind == "rows":
+            shape = (width, *rest)
+        else:  # computed, not viewed: a sharded (FSDP2) parameter cannot be reshaped per head
+            shape = (sl.num_heads, out_axis_size // (sl.num_heads * parts), *rest)
         entries.append(
             TensorRole(
                 name=full,
