@@ -1,0 +1,182 @@
+"""The MLP studies: training loop, sweep classification and bands, compare outputs, end-to-end CLIs."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from hf_varinit.data import load_classification
+from hf_varinit.studies import compare, sweep
+from hf_varinit.studies.mlp_train import build_mlp, init_diagnostics, run_stats, train_mlp
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny MLPs run fastest, and least disturbed by a busy machine, on one torch thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def wine():
+    return load_classification("wine")
+
+
+def _front_matter(readme):
+    text = readme.read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+# ----------------------------------------------------------------------------- train_mlp
+
+
+def test_train_mlp_is_deterministic_given_seed(wine):
+    runs = [train_mlp(build_mlp(wine, 2, 16, "kaiming", seed=0), wine, steps=30, seed=s) for s in (0, 0, 1)]
+    assert runs[0].losses == runs[1].losses
+    assert runs[0].final_train_loss == runs[1].final_train_loss
+    assert runs[0].losses != runs[2].losses  # another shuffling seed, another trajectory
+
+
+def test_train_mlp_stops_and_marks_divergence(wine):
+    run = train_mlp(build_mlp(wine, 3, 16, "normal:std=10", seed=0), wine, steps=50, lr=0.05)
+    assert run.diverged and run.steps < 50
+    assert run.final_train_loss == math.inf and run.losses[-1] == math.inf
+
+
+def test_train_mlp_records_statistics_when_asked(wine):
+    run = train_mlp(build_mlp(wine, 2, 16, "kaiming", seed=0), wine, steps=20, record_every=5, rule="kaiming")
+    assert list(run.stats["step"]) == [0, 5, 10, 15, 20]
+    stats = run_stats(run)
+    assert stats.keys == ["layers.0.linear", "layers.1.linear", "head"]
+
+
+def test_init_diagnostics_per_layer(wine):
+    model = build_mlp(wine, 3, 16, "kaiming", seed=0)
+    diag = init_diagnostics(model, wine)
+    assert len(diag["act_var"]) == len(diag["act_ms"]) == 3
+    assert len(diag["grad_norm"]) == 4  # three hidden layers and the head
+    assert all(g > 0 for g in diag["grad_norm"])
+    assert all(p.grad is None for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+@pytest.mark.parametrize(
+    "loss, diverged, ratio, expected",
+    [
+        (0.1, False, 0.5, "stable"),
+        (math.inf, True, 0.5, "exploding"),
+        (0.1, False, 1e7, "exploding"),  # trained, but the signal at init blew up past the bound
+        (0.1, False, 1e-7, "vanishing"),
+        (1.0, False, 1e-3, "vanishing"),  # did not learn, signal shrinking
+        (1.0, False, 1e3, "exploding"),  # did not learn, signal growing
+    ],
+)
+def test_classify_rule(loss, diverged, ratio, expected):
+    assert sweep.classify(loss, diverged, ratio, chance_loss=math.log(3)) == expected
+
+
+def test_sweep_separates_vanishing_stable_exploding(wine):
+    result = sweep.run_sweep(datasets=["wine"], depths=[3], stds=[1e-4, 0.3, 10.0], seeds=[0], width=16, steps=80,
+                             output=None, log=lambda m: None)
+    regimes = {r["std"]: r["regime"] for r in result.rows}
+    assert regimes == {1e-4: "vanishing", 0.3: "stable", 10.0: "exploding"}
+    small, mid = (next(r for r in result.rows if r["std"] == s) for s in (1e-4, 0.3))
+    assert small["act_ratio"] < 1e-6 < mid["act_ratio"]
+    assert small["grad_norm"][0] < 1e-6 * mid["grad_norm"][0]
+    assert result.bands == [{"dataset": "wine", "depth": 3, "band_lo": 0.3, "band_hi": 0.3, "stable_points": 1,
+                             "contiguous": True, "claim_points_in_band": "0/0", "contains_claim": False,
+                             "overlaps_claim": False}]
+
+
+def test_stability_band_needs_a_majority_and_takes_the_longest_run():
+    stds = [1e-3, 1e-2, 1e-1, 1.0, 10.0]  # 1e-2 and 1e-1 are the claim's grid points
+    stable_seeds = {1e-3: 0, 1e-2: 2, 1e-1: 3, 1.0: 1, 10.0: 2}  # out of 3 seeds
+    rows = [{"dataset": "d", "depth": 2, "std": s, "regime": "stable" if i < n else "vanishing"}
+            for s, n in stable_seeds.items() for i in range(3)]
+    (band,) = sweep.stability_bands(rows, stds)
+    assert (band["band_lo"], band["band_hi"]) == (1e-2, 1e-1)
+    assert band["stable_points"] == 3 and band["contiguous"] is False
+    assert band["contains_claim"] is True and band["claim_points_in_band"] == "2/2"
+
+
+@pytest.mark.slow
+def test_sweep_cli_quick_writes_a_report_folder(tmp_path):
+    out = tmp_path / "sweep"
+    assert sweep.main(["--quick", "--output", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"README.md", "results.csv", "results.md", "sweep.png", "summary.json"}
+    meta = _front_matter(out / "README.md")
+    assert meta["library_name"] == "hf_varinit" and "hf-varinit" in meta["tags"]
+    assert "hf-varinit sweep" in (out / "README.md").read_text()
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and set(sweep.CSV_COLUMNS) <= set(rows[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bands"][0]["band_lo"] == 0.3
+    assert sum(summary["regime_counts"].values()) == 3
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+@pytest.fixture(scope="module")
+def init_compare(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "init"
+    result = compare.run_compare(compare.CompareConfig(**{**compare.QUICK, "study": "init", "seeds": [0, 1, 2],
+                                                          "output": str(out)}), log=lambda m: None)
+    return result, out
+
+
+def test_compare_init_writes_the_documented_files(init_compare):
+    _, out = init_compare
+    assert {p.name for p in out.iterdir()} == {"README.md", "results.csv", "results.md", "curves.csv",
+                                              "curves.png", "summary.json"}
+    with open(out / "results.csv") as f:
+        assert csv.DictReader(f).fieldnames == compare.RUN_COLUMNS
+    with open(out / "curves.csv") as f:
+        assert csv.DictReader(f).fieldnames == ["arm", "activation", "seed", "step", "train_loss"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"study", "dataset", "config", "groups", "target_loss", "wall_seconds", "command"} <= set(summary)
+    assert [g["arm"] for g in summary["groups"]] == ["kaiming-relu", "xavier-relu", "kaiming-tanh", "xavier-tanh"]
+    assert all(set(compare.SUMMARY_KEYS) <= set(g) for g in summary["groups"])
+    assert _front_matter(out / "README.md")["library_name"] == "hf_varinit"
+
+
+def test_compare_summary_is_mean_and_std_over_the_seeds(init_compare):
+    result, out = init_compare
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    for group in json.loads((out / "summary.json").read_text())["groups"]:
+        losses = [float(r["final_train_loss"]) for r in rows if r["arm"] == group["arm"]]
+        accs = [float(r["test_accuracy"]) for r in rows if r["arm"] == group["arm"]]
+        assert group["n_seeds"] == len(losses) == 3
+        assert group["final_train_loss_mean"] == pytest.approx(np.mean(losses))
+        assert group["final_train_loss_std"] == pytest.approx(np.std(losses))
+        assert group["test_accuracy_mean"] == pytest.approx(np.mean(accs))
+        assert group["test_accuracy_std"] == pytest.approx(np.std(accs))
+
+
+def test_compare_rejects_an_unknown_study():
+    with pytest.raises(ValueError, match="valid: init, optimal"):
+        compare.CompareConfig(study="bogus")
+
+
+@pytest.mark.slow
+def test_compare_optimal_cli_quick_writes_pilot_and_calibration(tmp_path):
+    out = tmp_path / "opt"
+    assert compare.main(["--study", "optimal", "--quick", "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [g["arm"] for g in summary["groups"]] == ["he-normal", "optimal", "optimal-calibrated", "xavier"]
+    assert set(summary["pilot"]) == {"layers.0.linear", "layers.1.linear", "head"}
+    assert (out / "pilot" / "steady_state.json").is_file()
+    assert (out / "calibration" / "convergence.csv").is_file()
+    assert _front_matter(out / "README.md")["library_name"] == "hf_varinit"
+    assert "hf-varinit compare --study optimal" in (out / "README.md").read_text()
