@@ -395,8 +395,6 @@ def _resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     for k, v in d.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
-    if args.model is None:
-        args.model = "gpt2" if args.config else "mlp"
     if args.output is None:
         args.output = (f"model_cards/mlp-calibrated-{args.dataset}{'-quick' if args.quick else ''}"
                        if args.model == "mlp" else f"model_cards/{args.model}-calibrated")

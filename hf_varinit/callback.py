@@ -8,11 +8,13 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .recorder import VarianceRecorder
+from .stats import load_stats
 
 
 class VarianceCallback(TrainerCallback):
@@ -24,7 +26,8 @@ class VarianceCallback(TrainerCallback):
             ``args.output_dir``). At each save, a copy goes into the checkpoint folder as well.
         rule: the init rule spec the model was built with (default: ``model.config.varinit_rule``).
 
-    Only the world-process zero records and writes files.
+    Only the world-process zero records and writes files. On ``trainer.train(resume_from_checkpoint=...)``
+    the record continues from the ``variance.safetensors`` saved in that checkpoint.
     """
 
     def __init__(self, every: int = 10, output_dir: str | os.PathLike | None = None, rule=None):
@@ -58,7 +61,23 @@ class VarianceCallback(TrainerCallback):
             return
         rule = self.rule if self.rule is not None else getattr(getattr(model, "config", None), "varinit_rule", None)
         self.recorder = VarianceRecorder(model, every=self.every, rule=rule)
-        self.recorder.record(state.global_step)
+        self._started = False  # the first record waits for on_step_begin: a resumed state is loaded by then
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.recorder is None or self._started:
+            return
+        self._started = True
+        step = state.global_step
+        saved = Path(args.output_dir) / f"checkpoint-{step}" / "variance.safetensors"
+        if step > 0 and saved.is_file():  # resumed: continue the checkpoint's record
+            self.recorder.load_records(load_stats(saved))
+            self.recorder.truncate(step)
+        elif step > 0:
+            warnings.warn(f"VarianceCallback: resumed at step {step} without {saved}; the record starts here",
+                          stacklevel=2)
+            self.recorder.record(step)
+        else:
+            self.recorder.maybe_record(step)  # step 0 (the init), or a resumed step on the every-grid
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if self.recorder is not None:

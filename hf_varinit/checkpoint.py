@@ -131,7 +131,8 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, trainer_state: dic
 def load_checkpoint(accelerator, output_dir: Path, recorder, expected: dict[str, Any]) -> tuple[Path, dict]:
     """Restore the newest complete checkpoint (Accelerate state incl. RNG, the records up to its step).
 
-    ``expected`` values (seed, batch size, ...) must equal the checkpoint's, or the data order would differ.
+    ``expected`` (the run's options and world size) must equal the checkpoint's: a different seed, batch, model,
+    data or schedule would make a different run, not a continued one.
     Returns the folder and its trainer state.
     """
     from .errors import ConfigError
@@ -142,9 +143,11 @@ def load_checkpoint(accelerator, output_dir: Path, recorder, expected: dict[str,
         raise ConfigError(f"--resume: no complete checkpoint in {checkpoint_root(output_dir)} (folders without a "
                           f"{COMPLETE} marker are ignored); run without --resume to start from scratch")
     state = read_trainer_state(folder)
+    saved = {name: value for group in (state.get("options") or {}).values() for name, value in group.items()}
+    saved["world_size"] = state.get("world_size")
     for key, value in expected.items():
-        if state.get(key) != value:
-            raise ConfigError(f"--resume: {folder} was trained with {key}={state.get(key)!r}, now {key}={value!r}; "
+        if json.loads(json.dumps(saved.get(key), default=str)) != json.loads(json.dumps(value, default=str)):
+            raise ConfigError(f"--resume: {folder} was trained with {key}={saved.get(key)!r}, now {key}={value!r}; "
                               f"use the same value to continue the same run")
     accelerator.load_state(str(folder))
     recorder.load_records(load_stats(folder))

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import ClassVar
 
 from .errors import ReportError, RuleError
@@ -22,9 +23,17 @@ from .rules import Init, InitRule, ModelContext, _check_choice, get_rule, regist
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
 
 
-@lru_cache(maxsize=16)
 def _load_report(source: str):
-    from .report import VarianceReport  # the report module pulls in matplotlib; load it only when needed
+    """Load a report, cached on the source and the modification time of its files (a rewritten report reloads)."""
+    path = Path(source)
+    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())) if path.is_dir() \
+        else (path.stat().st_mtime_ns if path.exists() else None)
+    return _load_report_cached(source, stamp)
+
+
+@lru_cache(maxsize=16)
+def _load_report_cached(source: str, stamp):
+    from .report import VarianceReport
 
     return VarianceReport.load(source)
 
@@ -101,7 +110,8 @@ class OptimalRule(InitRule):
             check_variances(self.variances, "variances")
 
     def weight_init(self, entry, ctx):
-        raise RuleError("rule 'optimal' must be bound to a model first (from_config / apply_init do this)")
+        raise RuleError("rule 'optimal' must be bound to a model first: call rule.bind(model), or use "
+                        "from_config / apply_init / init_plan, which bind it")
 
     def bind(self, model) -> BoundOptimalRule:
         """Check the report against ``model`` and resolve its table to the model's layers."""
@@ -143,6 +153,24 @@ def _check_architecture(report, config, source: str) -> None:
             f"report {source!r} was measured at hidden size {report_width}, but the model has {width}; "
             "V(W) depends on the width, so use a report of the same width"
         )
+    mine = config.to_dict()
+    for key in _SHAPE_KEYS:
+        theirs = report.config.get(key)
+        if key in mine and theirs is not None and mine[key] is not None and _widths(theirs) != _widths(mine[key]):
+            raise ReportError(
+                f"report {source!r} was measured with {key}={theirs}, but the model has {key}={mine[key]}; "
+                "the tensors' shapes differ, so use a report of the same architecture"
+            )
+
+
+# Config entries that fix the shapes of tracked tensors (besides the hidden size and depth).
+_SHAPE_KEYS = ("intermediate_size", "n_inner", "num_attention_heads", "n_head", "num_key_value_heads",
+               "input_size", "hidden_sizes", "head_dim")
+
+
+def _widths(value):
+    """A config value compared across depths: a list of layer widths compares as its set of widths."""
+    return sorted(set(value)) if isinstance(value, (list, tuple)) else value
 
 
 @dataclass(frozen=True)

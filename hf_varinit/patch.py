@@ -22,7 +22,7 @@ from transformers import initialization as hf_init
 
 from .errors import RuleError
 from .roles import ENCODER_TYPES, TensorRole, hidden_size, iter_roles, num_layers
-from .rules import Init, InitRule, ModelContext, get_rule
+from .rules import Init, InitRule, ModelContext, get_rule, truncated_std_factor
 
 _ORIGINAL_INITIALIZE = PreTrainedModel.initialize_weights
 _FLAG = "_is_hf_initialized"
@@ -75,14 +75,14 @@ def trunc_normal_(tensor: torch.Tensor, std: float, cutoff: float = 2.0) -> torc
     return tensor
 
 
-def sample_(tensor: torch.Tensor, init: Init, cutoff: float = 2.0) -> None:
+def sample_(tensor: torch.Tensor, init: Init) -> None:
     """Fill ``tensor`` (a parameter or a view of one) in place as ``init`` says."""
     if init.distribution == "constant":
         tensor.fill_(init.value)
         return
     if not tensor.is_contiguous():  # torch samples strided views (Q/K/V column blocks) far slower
         buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
-        sample_(buffer, init, cutoff)
+        sample_(buffer, init)
         tensor.copy_(buffer)
     elif init.distribution == "normal":
         tensor.normal_(0.0, init.std)
@@ -90,9 +90,9 @@ def sample_(tensor: torch.Tensor, init: Init, cutoff: float = 2.0) -> None:
         bound = 3.0**0.5 * init.std  # U(-b, b) has std b / sqrt(3)
         tensor.uniform_(-bound, bound)
     elif init.distribution == "trunc_normal":
-        trunc_normal_(tensor, init.std, cutoff)
+        trunc_normal_(tensor, init.std / truncated_std_factor(init.cutoff), init.cutoff)
     else:
-        raise RuleError(f"unknown distribution {init.distribution!r}")
+        raise RuleError(f"unknown distribution {init.distribution!r}; valid: normal, uniform, trunc_normal, constant")
 
 
 def _resolved(model: nn.Module, rule: InitRule) -> Iterator[tuple[TensorRole, nn.Parameter, nn.Module, Init]]:
@@ -108,7 +108,6 @@ def initialize_with_rule(model: nn.Module, rule: InitRule) -> None:
         return _ORIGINAL_INITIALIZE(model) if isinstance(model, PreTrainedModel) else _reset(model)
     rule = rule.bind(model)
     tied_targets = set(getattr(model, "all_tied_weights_keys", None) or ())
-    cutoff = getattr(rule, "cutoff", 2.0)
     plan: dict[int, tuple[nn.Parameter, list[tuple[TensorRole, Init]]]] = {}
     for entry, param, module, init in _resolved(model, rule):
         if getattr(param, _FLAG, False) or getattr(module, _FLAG, False) or entry.name in tied_targets:
@@ -125,7 +124,7 @@ def initialize_with_rule(model: nn.Module, rule: InitRule) -> None:
             for param, inits in plan.values():
                 for entry, init in inits:
                     if init.distribution != "hf":
-                        sample_(entry.view(param), init, cutoff)
+                        sample_(entry.view(param), init)
     finally:
         for param in flagged:
             delattr(param, _FLAG)
@@ -167,7 +166,8 @@ def _seeded(seed: int | None):
     if seed is None:
         yield
         return
-    with torch.random.fork_rng(devices=[]):
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
 
@@ -211,7 +211,12 @@ def from_config(
     resolved = get_rule(rule)
     cls = model_class or _model_class(config)
     with _seeded(seed), patched_init(resolved):
-        model = cls.from_config(config, **kwargs) if hasattr(cls, "from_config") else cls(config)
+        if hasattr(cls, "from_config"):  # an Auto class
+            model = cls.from_config(config, **kwargs)
+        elif isinstance(cls, type) and issubclass(cls, PreTrainedModel):
+            model = cls._from_config(config, **kwargs)  # honours dtype= and attn_implementation=
+        else:
+            model = cls(config, **kwargs)
     model.config.varinit_rule = resolved.spec
     model.config.varinit_seed = seed
     return model

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import StatsError
+from .errors import HFVarInitError, StatsError
 from .roles import TensorRole, num_layers, tracked_roles
 from .sharded import is_sharded, sharded_var_mean
 
@@ -108,7 +109,9 @@ class VarianceRecorder:
     def load_records(self, stats) -> None:
         """Continue from a loaded `VarianceStats` (same tracked keys, in order)."""
         if list(stats.keys) != self.keys:
-            raise StatsError("the statistics file tracks different tensors than this model; cannot continue it")
+            missing, extra = sorted(set(self.keys) - set(stats.keys)), sorted(set(stats.keys) - set(self.keys))
+            raise StatsError(f"the statistics file tracks different tensors than this model (missing {missing[:5]}, "
+                             f"extra {extra[:5]}); continue it with the same model, or start a fresh --output-dir")
         self._steps = [int(s) for s in stats.step]
         self._rows = [np.stack([stats.var[i], stats.mean[i]], axis=1) for i in range(len(stats.step))]
 
@@ -152,7 +155,9 @@ class VarianceRecorder:
 
         try:
             return {row.key: row.std for row in init_plan(self.model, self.rule) if row.std is not None}
-        except Exception:  # a report that is gone by now must not stop the run from saving
+        except (HFVarInitError, OSError) as exc:  # a report gone by now must not stop the run from saving
+            warnings.warn(f"init std of rule {self.rule!r} unknown ({exc}); the report's V(W)/init ratio will use "
+                          "the first record instead", stacklevel=2)
             return {}
 
     def metadata(self) -> dict:

@@ -375,20 +375,24 @@ def _datasets_from(metadata: dict) -> list[str]:
 
 
 def main_report(
-    stats_path: str | os.PathLike[str], output: str | os.PathLike[str], push_to_hub: str | None = None,
+    stats: VarianceStats | str | os.PathLike[str], output: str | os.PathLike[str], push_to_hub: str | None = None,
     options: AnalysisOptions | None = None,
 ) -> Path:
-    """CLI entry: analyse ``stats_path``, write the report folder ``output``, optionally push it."""
+    """``hf-varinit report``: analyse ``stats`` (a record or a path), write the folder ``output``, optionally push it.
+
+    Offline, the push fails with a `ReportError` after the folder is written, and the message says where it is.
+    """
     try:
-        report = VarianceReport.from_stats(stats_path, options)
+        report = VarianceReport.from_stats(stats, options)
     except StatsError as exc:
         raise ReportError(f"cannot build a report: {exc}") from exc
     folder = report.save(output, reference=push_to_hub)
-    print(f"variance report written to {folder}")
+    print(f"variance report written to {folder}/")
     for f in sorted(folder.iterdir()):
         print(f"  {f.name}")
     if report.nonstationary_keys:
-        print(f"warning: not stationary: {', '.join(report.nonstationary_keys)}")
+        keys = report.nonstationary_keys
+        print(f"not stationary ({len(keys)}): {', '.join(keys)}")
     if push_to_hub:
         url = report.push_to_hub(push_to_hub, _folder=folder)
         print(f"pushed to {url}")

@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .errors import ConfigError, ReportError, StatsError
-from .report import VarianceReport
+from .errors import ConfigError
+from .report import main_report
 from .steady_state import AnalysisOptions
 
 
@@ -33,22 +33,10 @@ def run_report(args: argparse.Namespace) -> Path:
     if bool(args.run) == bool(args.from_model):
         raise ConfigError("give either a run folder / statistics file, or --from-model PATH_OR_ID (not both)")
     options = AnalysisOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalysisOptions)})
-    try:
-        if args.from_model:
-            from .weights_stats import stats_from_checkpoint
+    if args.from_model:
+        from .weights_stats import stats_from_checkpoint
 
-            report = VarianceReport.from_stats(stats_from_checkpoint(args.from_model), options)
-        else:
-            report = VarianceReport.from_stats(args.run, options)
-    except StatsError as exc:
-        raise ReportError(f"cannot build a report: {exc}") from None
-    folder = report.save(args.output or _default_output(args), reference=args.push_to_hub)
-    print(f"variance report written to {folder}/")
-    for path in sorted(folder.iterdir()):
-        print(f"  {path.name}")
-    if report.nonstationary_keys:
-        print(f"not stationary ({len(report.nonstationary_keys)}): {', '.join(report.nonstationary_keys)}")
-    if args.push_to_hub:
-        url = report.push_to_hub(args.push_to_hub, _folder=folder)
-        print(f"pushed to {url}")
-    return folder
+        source = stats_from_checkpoint(args.from_model)
+    else:
+        source = args.run
+    return main_report(source, args.output or _default_output(args), args.push_to_hub, options)

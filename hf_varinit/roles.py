@@ -207,8 +207,8 @@ def _layer_of(module_name: str) -> int | None:
 
 def _canonical_key(role: str, layer: int | None, is_bias: bool, module_name: str, known: bool) -> str:
     base = role if layer is None else f"layers.{layer}.{role}"
-    if not known and role in ("linear", "embedding"):
-        base = module_name  # unknown architectures: one key per module
+    if (not known and role in ("linear", "embedding")) or (layer is None and role == "linear"):
+        base = module_name  # modules the table does not name: one key per module (BERT's pooler, say)
     return f"{base}.bias" if is_bias else base
 
 
@@ -303,7 +303,7 @@ def iter_roles(model: nn.Module) -> Iterator[tuple[TensorRole, nn.Parameter, nn.
 
 
 def _plain_entry(full, module_name, module, param_name, param, role, layer, arch) -> TensorRole:
-    is_bias = param_name == "bias" or param.dim() == 1 and role not in ("norm",)
+    is_bias = param_name == "bias"
     if role == "norm":
         entry_role, target = ("bias", "norm") if param_name == "bias" else ("norm", None)
         return TensorRole(full, f"{module_name}.{param_name}", entry_role, layer, None, param.numel(),
@@ -313,6 +313,8 @@ def _plain_entry(full, module_name, module, param_name, param, role, layer, arch
     if is_bias:
         return TensorRole(full, _canonical_key(role, layer, True, module_name, arch is not None), "bias",
                           layer, None, param.numel(), param.numel(), tuple(param.shape), role)
+    if param.dim() < 2 and role in ("linear", "embedding"):
+        role = "other"  # a 1-D parameter of an unknown module (a scale, a temperature): the model's own init
     fan_in, fan_out = weight_fans(module, param)
     key = _canonical_key(role, layer, False, module_name, arch is not None)
     if role == "other":

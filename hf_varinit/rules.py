@@ -27,9 +27,10 @@ class Init:
     """What one tensor gets: a distribution with a std (zero mean), a constant, or the model's own init."""
 
     distribution: str  # normal | uniform | trunc_normal | constant | hf
-    std: float | None = None
+    std: float | None = None  # the std of the values drawn (for trunc_normal: after truncation)
     value: float | None = None
     note: str = ""
+    cutoff: float = 2.0  # trunc_normal: truncation at ±cutoff standard deviations of the underlying normal
 
     def describe(self) -> str:
         if self.distribution == "constant":
@@ -91,7 +92,7 @@ def _format_value(value: Any) -> str:
 
 
 def _check_std(name: str, value: float, key: str = "std") -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise RuleError(f"rule {name!r}: {key}={value!r} is invalid; it must be a finite number > 0, e.g. {key}=0.02")
 
 
@@ -132,9 +133,17 @@ class NormalRule(InitRule):
         return _sample("normal", self.std)
 
 
+def truncated_std_factor(cutoff: float) -> float:
+    """std of N(0, 1) truncated to [-cutoff, cutoff] (0.880 for cutoff 2)."""
+    pdf = math.exp(-0.5 * cutoff * cutoff) / math.sqrt(2 * math.pi)
+    mass = math.erf(cutoff / math.sqrt(2))
+    return math.sqrt(1 - 2 * cutoff * pdf / mass)
+
+
 @dataclass(frozen=True)
 class TruncNormalRule(InitRule):
-    """Every weight from N(0, std^2) truncated at ±``cutoff`` std (timm's ``trunc_normal_``)."""
+    """Every weight from N(0, std^2) truncated at ±``cutoff``·std (``torch.nn.init.trunc_normal_(std=std,
+    a=-cutoff*std, b=cutoff*std)``). The plan shows the std of the values drawn: 0.880·std for cutoff 2."""
 
     name: ClassVar[str] = "trunc_normal"
     std: float = 0.02
@@ -145,7 +154,9 @@ class TruncNormalRule(InitRule):
         _check_std(self.name, self.cutoff, "cutoff")
 
     def weight_init(self, entry, ctx):
-        return _sample("trunc_normal", self.std)
+        realised = self.std * truncated_std_factor(self.cutoff)
+        return Init("trunc_normal", std=realised, cutoff=self.cutoff,
+                    note=f"N(0, {self.std:g}^2) truncated at ±{self.cutoff:g} std")
 
 
 @dataclass(frozen=True)
@@ -200,6 +211,8 @@ class KaimingRule(_FanRule):
         super().__post_init__()
         _check_choice(self.name, "mode", self.mode, ("fan_in", "fan_out"))
         _check_choice(self.name, "nonlinearity", self.nonlinearity, NONLINEARITIES)
+        if isinstance(self.a, bool) or not isinstance(self.a, (int, float)) or not math.isfinite(self.a):
+            raise RuleError(f"rule 'kaiming': a={self.a!r} is invalid; it must be a finite number (leaky_relu slope)")
 
     def fan_std(self, entry):
         fan = entry.fan_in if self.mode == "fan_in" else entry.fan_out

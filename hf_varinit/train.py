@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -228,6 +228,11 @@ def _check_tracker(report_to: str) -> str | None:
 # ----------------------------------------------------------------------------- the loop
 
 
+# Options a resumed run may change; any other difference would make it a different run.
+RESUMABLE_CHANGES = frozenset({"output_dir", "resume", "eval_every", "eval_batches", "log_every", "report_to",
+                               "checkpoint_every", "keep_last", "cache_dir", "on_nonfinite"})
+
+
 class _Run:
     """Mutable training state of one run (what trainer_state.json holds)."""
 
@@ -237,11 +242,13 @@ class _Run:
         self.epoch = 0
         self.position = 0  # micro-batches consumed in the current epoch
         self.nonfinite_skips = 0
+        self.scaler_skips = 0  # fp16 steps the grad scaler skipped
 
     def state(self, options: PretrainOptions, world_size: int) -> dict[str, Any]:
         t = options.training
         return {"step": self.step, "tokens": self.tokens, "epoch": self.epoch, "position": self.position,
-                "nonfinite_skips": self.nonfinite_skips, "seed": t.seed, "batch_size": t.batch_size,
+                "nonfinite_skips": self.nonfinite_skips, "scaler_skips": self.scaler_skips,
+                "seed": t.seed, "batch_size": t.batch_size,
                 "grad_accum": t.grad_accum, "world_size": world_size, "options": options.to_dict()}
 
 
@@ -280,12 +287,14 @@ def _rewrite_metrics(path: Path, max_step: int) -> None:
 
 def _resume(accelerator: Accelerator, output_dir: Path, recorder: VarianceRecorder, options: PretrainOptions,
             run: _Run) -> Path:
-    t = options.training
-    folder, state = ckpt.load_checkpoint(accelerator, output_dir, recorder,
-                                         {"seed": t.seed, "batch_size": t.batch_size, "grad_accum": t.grad_accum})
+    expected = {name: value for group in options.to_dict().values() for name, value in group.items()
+                if name not in RESUMABLE_CHANGES}
+    expected["world_size"] = accelerator.num_processes
+    folder, state = ckpt.load_checkpoint(accelerator, output_dir, recorder, expected)
     run.step, run.tokens = int(state["step"]), int(state["tokens"])
     run.epoch, run.position = int(state["epoch"]), int(state["position"])
     run.nonfinite_skips = int(state.get("nonfinite_skips", 0))
+    run.scaler_skips = int(state.get("scaler_skips", 0))
     return folder
 
 
@@ -330,6 +339,10 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
 
     scheduler = get_cosine_schedule_with_warmup(optimizer, t.warmup_steps, t.max_steps)
     train_dl, eval_dl = get_dataloaders(accelerator, options, data)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ConfigError("FSDP is not supported by this loop: the recorder would read pre-sharding parameters on the "
+                          "main process only. Use DDP (--multi_gpu), or record with hf_varinit.sharded on all ranks "
+                          "after fully_shard in your own loop")
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     sampler: EpochSampler = train_dl.base_dataloader.sampler if hasattr(train_dl, "base_dataloader") \
         else train_dl.sampler
@@ -366,12 +379,15 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
                         continue
                     step_loss = (accelerator.reduce(window_loss, "mean") / micro).item()
                     grad_norm = None
-                    if math.isfinite(step_loss):
+                    stepped = math.isfinite(step_loss)
+                    if stepped:
                         if t.grad_clip:
                             grad_norm = accelerator.clip_grad_norm_(params, t.grad_clip)
                         elif (run.step + 1) % t.log_every == 0:
                             grad_norm = accelerator.clip_grad_norm_(params, float("inf"))
                         optimizer.step()
+                        if accelerator.optimizer_step_was_skipped:  # fp16 grad scaler found inf/nan gradients
+                            run.scaler_skips += 1
                     elif t.on_nonfinite == "skip":
                         run.nonfinite_skips += 1
                     else:
@@ -387,7 +403,8 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
                             f"in {output_dir / STATS}{', last complete checkpoint ' + str(last) if last else ''}; "
                             f"lower --lr, raise --warmup-steps, or pass --on-nonfinite skip"
                         )
-                    scheduler.step()
+                    if stepped:  # a skipped step does not advance the schedule
+                        scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 run.step += 1
                 run.tokens += micro * tokens_per_micro
@@ -406,7 +423,8 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
                     line = {"step": run.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
                             "grad_norm": None if grad_norm is None else float(grad_norm), "tokens": run.tokens,
                             "tokens_per_s": log_tokens / max(now - log_time, 1e-9),
-                            "nonfinite_skips": run.nonfinite_skips}
+                            "nonfinite_skips": run.nonfinite_skips,
+                            "scaler_skips": run.scaler_skips}
                     if evaluated:
                         line.update(eval_loss=eval_loss, eval_ppl=eval_ppl)
                     log_tokens, log_time = 0, now

@@ -239,11 +239,36 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"{name}={value!r} is not a valid {kind.__name__}") from e
 
 
+def bundled_configs() -> dict[str, Path]:
+    """The YAML configs that ship with the package (the repo's ``configs/``), by file name."""
+    from importlib import resources
+
+    try:
+        folder = Path(str(resources.files("hf_varinit.configs")))  # an installed package
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parents[1] / "configs"  # a source checkout (editable install)
+    return {p.name: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """A config file path as given, or else a bundled config of that name (``gpt2-12l-tiny`` or
+    ``configs/gpt2-12l-tiny.yaml`` work from any directory and from a pip-installed package)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    bundled = bundled_configs()
+    name = p.name if p.name.endswith(".yaml") else f"{p.name}.yaml"
+    if name in bundled:
+        return bundled[name]
+    raise ConfigError(f"config file {str(path)!r} does not exist; give a YAML path or a bundled config name: "
+                      f"{', '.join(sorted(n[:-5] for n in bundled)) or '(none installed)'}")
+
+
 def load_yaml_options(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML options file into flat ``field -> value``; unknown keys raise `ConfigError`."""
     import yaml
 
-    p = Path(path)
+    p = resolve_config_path(path)
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except OSError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig
 
-from .errors import ReportError
+from .errors import HFVarInitError, ReportError
 from .patch import from_config, init_plan
 from .roles import num_layers, tracked_roles
 from .stats import VarianceStats
@@ -114,13 +115,15 @@ def stats_from_checkpoint(source: str | os.PathLike) -> VarianceStats:
     if rule:
         try:
             init_std = {row.key: row.std for row in init_plan(model, rule)}
-        except Exception:  # a rule whose report is not at hand: init variance unknown
+        except (HFVarInitError, OSError) as exc:  # e.g. an optimal rule whose report is not at hand
+            warnings.warn(f"init std of the checkpoint's rule {rule!r} unknown ({exc})", stacklevel=2)
             init_std = {}
-    rows, tracked = [], []
+    rows, tracked, absent = [], [], []
     for entry, _ in tracked_roles(model):
         name = _match(entry.name, files, prefix)
         if name is None:
-            continue  # e.g. a head the checkpoint does not have
+            absent.append(entry.name)  # e.g. a head the checkpoint does not have
+            continue
         tensor = entry.view(reader.get(name))
         var, mean = torch.var_mean(tensor.float(), correction=0)
         rows.append((float(var), float(mean)))
@@ -134,7 +137,7 @@ def stats_from_checkpoint(source: str | os.PathLike) -> VarianceStats:
     metadata = {
         "format": "hf_varinit.variance", "format_version": 1, "model_type": config.model_type,
         "config": json.loads(config.to_json_string(use_diff=False)), "n_layer": num_layers(config),
-        "rule": rule, "source": "checkpoint", "checkpoint": str(source),
+        "rule": rule, "source": "checkpoint", "checkpoint": str(source), "absent_tensors": absent,
     }
     return VarianceStats(step=np.zeros(1, dtype=np.int64), mean=mean, var=var,
                          second_moment=(var.astype(np.float64) + mean.astype(np.float64) ** 2).astype(np.float32),

@@ -55,3 +55,17 @@ def test_callback_statistics_match_the_final_weights(trained):
 def test_callback_writes_into_each_checkpoint(trained):
     out, _ = trained
     assert load_stats(out / "checkpoint-3").step.tolist() == [0, 2]
+
+
+def test_resumed_trainer_continues_the_checkpoints_record(trained, tmp_path):
+    out, _ = trained
+    full = load_stats(out)
+    model = from_config(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=16), "gpt2", seed=0)
+    args = TrainingArguments(output_dir=str(out), max_steps=5, per_device_train_batch_size=4, learning_rate=1e-3,
+                             save_steps=3, logging_steps=1, report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=RandomTokens(), callbacks=[VarianceCallback(every=2)])
+    trainer.train(resume_from_checkpoint=str(out / "checkpoint-3"))
+    resumed = load_stats(out)
+    assert resumed.step.tolist() == [0, 2, 4, 5]  # as the uninterrupted run: no duplicate, none missing
+    np.testing.assert_array_equal(resumed.var[:2], full.var[:2])  # the steps before the checkpoint, kept
+    np.testing.assert_allclose(resumed.var[-1], full.var[-1], rtol=1e-5)

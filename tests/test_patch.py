@@ -2,8 +2,13 @@
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, GPT2ForSequenceClassification, GPT2LMHeadModel
-from transformers import PreTrainedModel
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+)
 
 import hf_varinit as hv
 from hf_varinit.models import VarInitMLPConfig, VarInitMLPForClassification
@@ -120,3 +125,23 @@ def test_mlp_from_config_save_and_load(tmp_path):
 def test_mlp_config_rejects_bad_activation():
     with pytest.raises(ValueError, match="activation='swish' is unknown"):
         VarInitMLPConfig(activation="swish")
+
+
+def test_from_config_passes_kwargs_to_a_named_architecture(tiny_gpt2_config):
+    tiny_gpt2_config.architectures = ["GPT2LMHeadModel"]
+    model = hv.from_config(tiny_gpt2_config, "kaiming", seed=0, dtype=torch.bfloat16)
+    assert isinstance(model, GPT2LMHeadModel)
+    assert model.transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16
+
+
+def test_one_dimensional_parameters_of_unknown_modules_keep_the_models_init():
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 8)
+            self.gamma = torch.nn.Parameter(torch.full((8,), 0.5))
+
+    model = Scaled()
+    rows = {r.name: r for r in hv.init_plan(model, "kaiming")}
+    assert rows["gamma"].role == "other" and rows["gamma"].distribution == "hf"
+    assert rows["linear.bias"].distribution == "constant(0)"

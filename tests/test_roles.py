@@ -76,9 +76,12 @@ def test_llama_grouped_query_fans():
 def test_bert_separate_qkv_and_output_roles():
     cfg = BertConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
                      vocab_size=100)
-    roles = {r.key for r in get_roles(hv.from_config(cfg, seed=0))}
+    roles = get_roles(hv.from_config(cfg, seed=0))
+    keys = {r.key for r in roles}
     for role in ("q", "k", "v", "attn_out", "mlp_in", "mlp_out"):
-        assert f"layers.1.{role}" in roles
+        assert f"layers.1.{role}" in keys
+    weights = [r.key for r in roles if r.role not in ("bias", "norm")]
+    assert len(weights) == len(set(weights))  # the pooler and the LM transform are distinct tensors
 
 
 def test_gpt_neox_interleaved_qkv_matches_the_models_reshape():

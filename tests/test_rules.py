@@ -22,7 +22,9 @@ def _assert_std(values, expected, rel=0.03):
     assert np.std(values) == pytest.approx(expected, rel=rel)
 
 
-@pytest.mark.parametrize("rule", ["normal:std=0.05", "xavier", "kaiming", "kaiming:mode=fan_out", "lecun", "gpt2"])
+@pytest.mark.parametrize(
+    "rule", ["normal:std=0.05", "trunc_normal:std=0.05", "xavier", "kaiming", "kaiming:mode=fan_out", "lecun", "gpt2"]
+)
 def test_realised_std_matches_the_plan_for_every_weight(gpt2_config, rule):
     model = hv.from_config(gpt2_config, rule, seed=0)
     plan = {row.key: row for row in hv.init_plan(model, rule) if row.std is not None}
@@ -87,6 +89,8 @@ def test_biases_zero_and_norms_one(gpt2_config):
         ("normal:std=nan", "std=nan is invalid"),
         ("normal:std=inf", "std=inf is invalid"),
         ("normal:std=abc", "not a valid"),
+        ({"name": "normal", "std": True}, "std=True is invalid"),
+        ("kaiming:a=nan", "a=nan is invalid"),
         ("normal:sdt=0.1", "has no key 'sdt'; valid keys: std"),
         ("kaiming:mode=fan_middle", "valid choices: fan_in, fan_out"),
         ("xavier:dist=cauchy", "valid choices: normal, uniform"),

@@ -121,6 +121,12 @@ def test_resume_without_a_checkpoint_is_a_config_error(tmp_path, cache_dir):
     assert main(["--config", TEST_CONFIG, "--output-dir", str(tmp_path), "--resume"]) == 1
 
 
+def test_resume_with_changed_options_names_the_option(tmp_path, cache_dir):
+    pretrain(tmp_path, cache_dir, "--max-steps", "3", "--checkpoint-every", "3")
+    with pytest.raises(ConfigError, match=r"trained with lr=0\.001, now lr=0\.002"):
+        pretrain(tmp_path, cache_dir, "--max-steps", "3", "--checkpoint-every", "3", "--resume", "--lr", "0.002")
+
+
 def test_checkpoint_without_complete_marker_is_ignored(tmp_path):
     for step, complete in ((3, True), (9, False)):
         folder = tmp_path / "checkpoints" / f"step_{step}"
