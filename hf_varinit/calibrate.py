@@ -34,7 +34,7 @@ from typing import Any
 from .errors import ConfigError, NonFiniteLossError
 from .io_utils import atomic_write_json, atomic_write_text
 from .report import AnalysisOptions, analyze
-from .studies.output import add_threads_argument, apply_threads
+from .studies.output import add_threads_argument, apply_threads, json_safe
 
 __all__ = [
     "PILOT_FACTORIES",
@@ -93,7 +93,7 @@ class CalibrationResult:
         atomic_write_text(dest / "convergence.csv", csv)
         table = _convergence_table(rows)
         atomic_write_text(dest / "convergence.md", f"# Calibration convergence\n\n{table}\n\n{self._verdict()}\n")
-        atomic_write_json(dest / "calibration.json", _json_safe({
+        atomic_write_json(dest / "calibration.json", json_safe({
             "converged": self.converged, "tol": self.tol, "rounds": len(self.history),
             "variances": self.variances, "history": self.history, "options": dataclasses.asdict(self.options),
             "metadata": self.metadata, "command": command,
@@ -111,16 +111,6 @@ class CalibrationResult:
         return (f"**Not converged** after {len(self.history)} pilot run(s): max relative change "
                 f"{last['max_rel_change']:.3g} >= tol {self.tol:g} (worst: `{last['worst_key']}`). The variances "
                 "are the last pilot's V(W); run more rounds or a longer pilot.")
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def _convergence_table(rows: list[dict]) -> str:

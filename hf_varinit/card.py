@@ -118,7 +118,7 @@ def _dynamics_section(report: VarianceReport) -> str:
         return ""
     from .dynamics import depth_dynamics
 
-    dynamics = depth_dynamics(report.stats)
+    dynamics = depth_dynamics(report.stats, equilibration=report.layers)
     if dynamics is None:
         return ""
     return f"""

@@ -39,6 +39,7 @@ class DepthDynamics:
     layers: list[LayerDynamics]
     rho_early_change: float | None
     rho_half_change_step: float | None
+    rho_equilibration_step: float | None = None  # from the steady-state analysis, when given
 
     @property
     def verdict(self) -> str:
@@ -67,7 +68,8 @@ class DepthDynamics:
         fmt = lambda x: "—" if x is None else f"{x:+.2f}"  # noqa: E731
         lines.append("")
         lines.append(f"Spearman rho(depth, early change by step {self.early_step}) = {fmt(self.rho_early_change)}; "
-                     f"rho(depth, half-change step) = {fmt(self.rho_half_change_step)}. **{self.verdict}.**")
+                     f"rho(depth, half-change step) = {fmt(self.rho_half_change_step)}; "
+                     f"rho(depth, equilibration step) = {fmt(self.rho_equilibration_step)}. **{self.verdict}.**")
         return "\n".join(lines)
 
 
@@ -94,8 +96,12 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def depth_dynamics(stats: VarianceStats, early_fraction: float = 0.1) -> DepthDynamics | None:
-    """Per-layer Q/K/V dynamics and depth trends of a training record; None without Q/K/V or records."""
+def depth_dynamics(stats: VarianceStats, early_fraction: float = 0.1,
+                   equilibration: dict[int, int | None] | None = None) -> DepthDynamics | None:
+    """Per-layer Q/K/V dynamics and depth trends of a training record; None without Q/K/V or records.
+
+    ``equilibration`` (layer -> equilibration step, from `steady_state.layer_equilibration`) adds its depth trend.
+    """
     steps = np.asarray(stats.step)
     if len(steps) < 3:
         return None
@@ -122,4 +128,9 @@ def depth_dynamics(stats: VarianceStats, early_fraction: float = 0.1) -> DepthDy
     early_mean = np.array([np.nanmean(list(d.early_change.values())) for d in layers])
     half_mean = np.array([np.mean([s for s in d.half_change_step.values() if s is not None])
                           if any(s is not None for s in d.half_change_step.values()) else np.nan for d in layers])
-    return DepthDynamics(int(steps[early_index]), layers, spearman(depth, early_mean), spearman(depth, half_mean))
+    rho_eq = None
+    if equilibration:
+        eq = np.array([np.nan if equilibration.get(d.layer) is None else equilibration[d.layer] for d in layers])
+        rho_eq = spearman(depth, eq)
+    return DepthDynamics(int(steps[early_index]), layers, spearman(depth, early_mean), spearman(depth, half_mean),
+                         rho_eq)

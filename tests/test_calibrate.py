@@ -91,5 +91,5 @@ def test_calibrate_cli_quick_writes_a_report(tmp_path, capsys):
 
 
 def test_calibrate_cli_names_the_available_pilots(tmp_path):
-    with pytest.raises(ConfigError, match="available: \\['mlp'\\]"):
+    with pytest.raises(ConfigError, match="available: \\['gpt2', 'llama', 'mlp'\\]"):
         main(["--model", "gpt9", "--output", str(tmp_path / "x")])
