@@ -43,14 +43,20 @@ class DepthDynamics:
 
     @property
     def verdict(self) -> str:
-        early, half = self.rho_early_change, self.rho_half_change_step
+        early, half, eq = self.rho_early_change, self.rho_half_change_step, self.rho_equilibration_step
         if early is None or half is None:
             return "not enough layers or records to judge the depth trend"
-        if early < -0.5 and half > 0.5:
-            return "shallow layers change faster than deep ones (agrees with the study)"
+        expand_first = early < -0.5  # shallow layers move more early on
+        settle_later = half > 0.5 or (eq is not None and eq > 0.5)  # deep layers take longer
+        if expand_first and settle_later:
+            return "shallow layers change faster and deep layers settle later (agrees with the study)"
+        if settle_later:
+            return "deep layers settle later, but shallow layers do not expand faster early on (partly agrees)"
+        if expand_first:
+            return "shallow layers expand faster early on, but deep layers do not settle later (partly agrees)"
         if early > 0.5 and half < -0.5:
             return "deep layers change faster than shallow ones (disagrees with the study)"
-        return "no clear depth ordering (|rho| <= 0.5 for at least one metric)"
+        return "no clear depth ordering (|rho| <= 0.5)"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "verdict": self.verdict}

@@ -100,3 +100,13 @@ def test_variance_table_must_be_finite_and_positive():
     for bad in (float("nan"), float("inf"), -1.0, 0.0):
         with pytest.raises(ReportError, match="layers.0.q"):
             hv.get_rule({"name": "optimal", "variances": {"layers.0.q": bad}})
+
+
+def test_report_with_other_tensor_shapes_is_refused(tmp_path):
+    def llama(intermediate):
+        return LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                           intermediate_size=intermediate, vocab_size=100)
+
+    report = _synthetic_report(llama(128), tmp_path)
+    with pytest.raises(ReportError, match="intermediate_size=128, but the model has intermediate_size=256"):
+        hv.from_config(llama(256), f"optimal:report={report}")
