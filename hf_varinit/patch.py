@@ -21,7 +21,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, 
 from transformers import initialization as hf_init
 
 from .errors import RuleError
-from .roles import ENCODER_TYPES, TensorRole, hidden_size, iter_roles, num_layers
+from .roles import ENCODER_TYPES, TensorRole, hidden_size, is_known_architecture, iter_roles, num_layers
 from .rules import Init, InitRule, ModelContext, get_rule, truncated_std_factor
 
 _ORIGINAL_INITIALIZE = PreTrainedModel.initialize_weights
@@ -243,8 +243,11 @@ def init_plan(model: nn.Module, rule: str | dict | InitRule) -> list[PlanRow]:
     """A dry run: what distribution and std every tensor (or Q/K/V slice) of ``model`` would get."""
     resolved = get_rule(rule)
     bound = resolved.bind(model) if resolved.name != "hf" else resolved
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    fallback = "" if is_known_architecture(model_type) else f"per-module role: {model_type!r} is not in the table"
     rows = []
     for entry, _, _, init in _resolved(model, bound):
+        note = "; ".join(n for n in (init.note, fallback if entry.role in ("linear", "embedding") else "") if n)
         rows.append(
             PlanRow(
                 name=entry.name,
@@ -256,7 +259,7 @@ def init_plan(model: nn.Module, rule: str | dict | InitRule) -> list[PlanRow]:
                 distribution=init.describe(),
                 std=init.std,
                 key=entry.key,
-                note=init.note,
+                note=note,
             )
         )
     return rows

@@ -105,3 +105,13 @@ def test_unknown_architecture_falls_back_to_module_roles():
     roles = {r.name: r for r in get_roles(model)}
     assert roles["0.weight"].role == "embedding" and roles["1.weight"].role == "linear"
     assert (roles["1.weight"].fan_in, roles["1.weight"].fan_out) == (8, 4)
+
+
+def test_plan_says_when_roles_come_from_the_fallback():
+    from transformers import OPTConfig
+
+    cfg = OPTConfig(num_hidden_layers=1, hidden_size=32, ffn_dim=64, num_attention_heads=4, vocab_size=100,
+                    word_embed_proj_dim=32, max_position_embeddings=32)
+    rows = hv.init_plan(hv.from_config(cfg, seed=0), "kaiming")
+    linear = [r for r in rows if r.role == "linear"]
+    assert linear and all("'opt' is not in the table" in r.note for r in linear)
