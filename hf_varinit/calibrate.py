@@ -257,7 +257,7 @@ class MLPPilot:
         def pilot(model):
             run = train_mlp(model, data, lr=self.lr, steps=self.steps, batch_size=self.batch_size, seed=self.seed,
                             weight_decay=self.weight_decay, record_every=self.record_every, eval=False,
-                            rule=getattr(model.config, "varinit_rule", None))
+                            rule=getattr(model, "varinit_init_rule", None))
             if run.diverged:
                 raise NonFiniteLossError(f"MLP pilot diverged at step {run.steps} (lr={self.lr}); lower --lr")
             return run_stats(run, metadata={"source": "training", "optimizer": "sgd", "lr": self.lr,

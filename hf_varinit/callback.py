@@ -59,7 +59,8 @@ class VarianceCallback(TrainerCallback):
                        **kwargs):
         if not state.is_world_process_zero or model is None:
             return
-        rule = self.rule if self.rule is not None else getattr(getattr(model, "config", None), "varinit_rule", None)
+        rule = self.rule if self.rule is not None else (
+            getattr(model, "varinit_init_rule", None) or getattr(getattr(model, "config", None), "varinit_rule", None))
         self.recorder = VarianceRecorder(model, every=self.every, rule=rule)
         self._started = False  # the first record waits for on_step_begin: a resumed state is loaded by then
 

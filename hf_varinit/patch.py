@@ -219,6 +219,7 @@ def from_config(
             model = cls(config, **kwargs)
     model.config.varinit_rule = resolved.spec
     model.config.varinit_seed = seed
+    model.varinit_init_rule = resolved  # the rule object (a spec string cannot hold a variance table)
     return model
 
 
@@ -233,6 +234,7 @@ def apply_init(model: nn.Module, rule: str | dict | InitRule, seed: int | None =
             delattr(tensor, _FLAG)
     with _seeded(seed):
         initialize_with_rule(model, resolved)
+    model.varinit_init_rule = resolved
     if isinstance(model, PreTrainedModel):
         model.config.varinit_rule = resolved.spec
         model.tie_weights()

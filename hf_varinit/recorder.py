@@ -40,7 +40,8 @@ class VarianceRecorder:
     Args:
         model (`nn.Module`): the model (wrapped or not); its tracked tensors come from `roles.tracked_roles`.
         every (`int`): record when ``step % every == 0``; call `record` at the final step as well.
-        rule: the init rule spec the model was built with (stored in the metadata with each tensor's init std).
+        rule: the init rule the model was built with (default: the one `from_config` / `apply_init` used); its
+            spec goes into the metadata, with each tensor's init std.
 
     Example:
         >>> recorder = VarianceRecorder(model, every=10)
@@ -57,7 +58,8 @@ class VarianceRecorder:
         self.entries: list[tuple[TensorRole, nn.Parameter]] = tracked_roles(self.model)
         if not self.entries:
             raise StatsError(f"{type(self.model).__name__} has no tracked weights (no linear or embedding layers)")
-        self.rule = rule
+        # default: the rule `from_config` / `apply_init` built the model with
+        self.rule = rule if rule is not None else getattr(self.model, "varinit_init_rule", None)
         self._steps: list[int] = []
         self._rows: list[np.ndarray] = []  # one (T, 2) array [var, mean] per record
 

@@ -311,6 +311,8 @@ def training_function(options: PretrainOptions) -> TrainResult:
         raise ConfigError(f"output_dir {str(output_dir)!r} already holds checkpoints of a run; pass --resume to "
                           f"continue it or choose another --output-dir")
     tracker = _check_tracker(t.report_to)
+    AcceleratorState._reset_state()  # an earlier in-process Accelerator (a Trainer, say) must not fix our precision
+    GradientState._reset_state()
     accelerator = Accelerator(
         cpu=_multi_process_without_accelerator(), mixed_precision=t.mixed_precision,
         gradient_accumulation_steps=t.grad_accum, log_with=tracker,

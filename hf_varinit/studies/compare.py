@@ -205,7 +205,7 @@ def _pilot_variances(data, cfg: CompareConfig, folder_writers: dict, log) -> tup
 
     def pilot(model):
         run = train_mlp(model, data, lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.pilot_seed,
-                        record_every=cfg.record_every, eval=False, rule=model.config.varinit_rule)
+                        record_every=cfg.record_every, eval=False, rule=getattr(model, "varinit_init_rule", None))
         return run_stats(run, meta)
 
     cal = calibrate(build, pilot, rounds=cfg.calibration_rounds, tol=cfg.calibration_tol, log=log)
