@@ -25,8 +25,10 @@ if [[ $which_runs == all || $which_runs == init ]]; then
 fi
 if [[ $which_runs == all || $which_runs == optimal ]]; then
   # = hf-varinit compare --study optimal --dataset mnist-subset --threads 1
-  run $PY -m hf_varinit.studies.compare --study optimal --dataset mnist-subset --threads 1 \
-    --output model_cards/optimal-vs-he-mnist-subset
+  for ds in mnist-subset digits wine; do
+    run $PY -m hf_varinit.studies.compare --study optimal --dataset $ds --threads 1 \
+      --output model_cards/optimal-vs-he-$ds
+  done
 fi
 if [[ $which_runs == all || $which_runs == calibrate ]]; then
   # = hf-varinit calibrate --model mlp --dataset mnist-subset --threads 1
