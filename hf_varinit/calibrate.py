@@ -246,7 +246,7 @@ class MLPPilot:
 
     def make(self):
         """``(build_model, pilot, data)`` for `calibrate`."""
-        from .data import load_classification
+        from .classification_data import load_classification
         from .studies.mlp_train import build_mlp, run_stats, train_mlp
 
         data = load_classification(self.dataset, seed=0, max_train=self.max_train)

@@ -24,9 +24,11 @@ MODEL_OPTIONS = {
          "n_kv_heads": "num_key_value_heads", "vocab_size": "vocab_size"},
     ),
     "mistral": ("mistral", {"n_layer": "num_hidden_layers", "n_embd": "hidden_size",
-                            "n_head": "num_attention_heads", "n_kv_heads": "num_key_value_heads"}),
+                            "n_head": "num_attention_heads", "n_kv_heads": "num_key_value_heads",
+                            "vocab_size": "vocab_size"}),
     "qwen2": ("qwen2", {"n_layer": "num_hidden_layers", "n_embd": "hidden_size",
-                        "n_head": "num_attention_heads", "n_kv_heads": "num_key_value_heads"}),
+                        "n_head": "num_attention_heads", "n_kv_heads": "num_key_value_heads",
+                        "vocab_size": "vocab_size"}),
     "bert": ("bert", {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "n_head": "num_attention_heads",
                       "vocab_size": "vocab_size"}),
     "gpt_neox": ("gpt_neox", {"n_layer": "num_hidden_layers", "n_embd": "hidden_size",
@@ -38,6 +40,13 @@ MODEL_OPTIONS = {
 def build_config(model: str, **options):
     """A config for ``model`` (a name of `MODEL_OPTIONS` or a local / hub config path) with the given sizes."""
     options = {k: v for k, v in options.items() if v is not None}
+    if model in MODEL_OPTIONS:
+        valid = set(MODEL_OPTIONS[model][1]) | ({"n_layer", "n_embd"} if model == "mlp" else set())
+        ignored = sorted(set(options) - valid)
+        if ignored:
+            flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
+            raise ConfigError(f"{flags} do(es) not apply to --model {model}; its options: "
+                              f"{', '.join('--' + k.replace('_', '-') for k in sorted(valid))}")
     if model == "mlp":
         depth, width = options.pop("n_layer", 3), options.pop("n_embd", 256)
         kwargs = {MODEL_OPTIONS["mlp"][1][k]: v for k, v in options.items() if k in MODEL_OPTIONS["mlp"][1]}
@@ -88,6 +97,7 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-kv-heads", type=int, help="key/value heads (Llama family)")
     parser.add_argument("--vocab-size", type=int, help="vocabulary size")
     parser.add_argument("--input-size", type=int, help="MLP input features")
+    parser.add_argument("--n-labels", type=int, help="MLP classes")
     parser.add_argument("--head", choices=("lm", "base", "seq-cls", "token-cls"), default="lm",
                         help="which model class: LM head (default), base model, or a classification head")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
@@ -101,7 +111,8 @@ def run_plan(args: argparse.Namespace) -> list[PlanRow]:
     import transformers
 
     config = build_config(args.model, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
-                          n_kv_heads=args.n_kv_heads, vocab_size=args.vocab_size, input_size=args.input_size)
+                          n_kv_heads=args.n_kv_heads, vocab_size=args.vocab_size, input_size=args.input_size,
+                          n_labels=args.n_labels)
     head = "base" if args.model == "mlp" else args.head
     auto = getattr(transformers, _HEADS[head]) if _HEADS[head] else None  # None: from_config picks the LM head
     try:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from hf_varinit.data import load_classification
+from hf_varinit.classification_data import load_classification
 from hf_varinit.studies import compare, sweep
 from hf_varinit.studies.mlp_train import build_mlp, init_diagnostics, run_stats, train_mlp
 

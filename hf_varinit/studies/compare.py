@@ -335,7 +335,7 @@ def run_compare(config: CompareConfig | None = None, *, command: str | None = No
     Returns:
         `CompareResult` with per-run rows, the summary (also ``summary.json``) and the folder.
     """
-    from ..data import load_classification
+    from ..classification_data import load_classification
 
     base = asdict(config) if config else {}
     cfg = CompareConfig(**{**base, **overrides})

@@ -2,7 +2,7 @@
 
 Example:
     >>> from hf_varinit import from_config
-    >>> from hf_varinit.data import load_classification
+    >>> from hf_varinit.classification_data import load_classification
     >>> from hf_varinit.models.mlp import VarInitMLPConfig
     >>> data = load_classification("digits")
     >>> cfg = VarInitMLPConfig(input_size=data.num_features, hidden_sizes=[64] * 3, num_labels=data.num_classes)

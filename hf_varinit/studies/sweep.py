@@ -346,7 +346,7 @@ def run_sweep(config: SweepConfig | None = None, *, command: str | None = None, 
     Returns:
         `SweepResult`.
     """
-    from ..data import load_classification
+    from ..classification_data import load_classification
 
     cfg = SweepConfig(**{**asdict(config or SweepConfig()), **overrides})
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
