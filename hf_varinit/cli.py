@@ -23,7 +23,7 @@ SUBCOMMANDS = {
                  "pretrain GPT-2 / Llama with Accelerate, recording per-layer Q/K/V variance"),
     "report": ("hf_varinit.report_cli", "add_report_arguments", "run_report",
                "turn a run's statistics (or a trained checkpoint) into a variance report"),
-    "calibrate": ("hf_varinit.calibrate", "add_calibrate_arguments", "run_calibrate_cli",
+    "calibrate": ("hf_varinit.calibrate_cli", "add_calibrate_arguments", "run_calibrate_cli",
                   "iterate init -> pilot training -> V(W) to the fixed point s0^2 = V(W)"),
     "sweep": ("hf_varinit.studies.sweep", "add_sweep_arguments", "run_sweep_cli",
               "log sweep of the init std for ReLU MLPs: the stability band"),

@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from hf_varinit.calibrate import calibrate, calibrate_mlp, main
+from hf_varinit.calibrate import calibrate
+from hf_varinit.calibrate_cli import calibrate_mlp, main
 from hf_varinit.errors import ConfigError
 from hf_varinit.report import VarianceReport
 from hf_varinit.stats import VarianceStats
