@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -131,6 +132,7 @@ def main() -> int:
     rank = dist.get_rank()
     try:
         result = {"world_size": dist.get_world_size(), "models": {n: check(n) for n in ("gpt2", "gpt_neox")}}
+        dist.barrier()  # no rank tears gloo down while another still has work in flight
     finally:
         dist.destroy_process_group()
     out = Path(args.out)
@@ -146,4 +148,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: gloo's worker threads can abort the process while being destroyed there
+    # ("terminate called without an active exception") after all the work is done and written.
+    os._exit(code)
