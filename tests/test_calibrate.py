@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from hf_varinit.calibrate import calibrate
@@ -13,14 +12,7 @@ from hf_varinit.errors import ConfigError
 from hf_varinit.report import VarianceReport
 from hf_varinit.stats import VarianceStats
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny MLPs run fastest, and least disturbed by a busy machine, on one torch thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ToyModel:

@@ -6,21 +6,13 @@ import math
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from hf_varinit.classification_data import load_classification
 from hf_varinit.studies import compare, sweep
 from hf_varinit.studies.mlp_train import build_mlp, init_diagnostics, run_stats, train_mlp
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny MLPs run fastest, and least disturbed by a busy machine, on one torch thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
