@@ -10,12 +10,14 @@ target-module table. A model type the table does not know falls back to per-modu
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from .errors import RoleError
@@ -278,28 +280,47 @@ def _fused_entries(module_name, module, param_name, param, fused: Fused, layer, 
     return entries
 
 
+def _sub_models(model: nn.Module, root_type: str | None) -> dict[str, object]:
+    """Outermost nested ``PreTrainedModel``s of another model_type (parts of a composite model): prefix -> config."""
+    out: dict[str, object] = {}
+    for name, module in model.named_modules():
+        config = getattr(module, "config", None)
+        if (name and isinstance(module, PreTrainedModel) and getattr(config, "model_type", None) != root_type
+                and not any(name.startswith(p + ".") for p in out)):
+            out[name] = config
+    return out
+
+
 def iter_roles(model: nn.Module) -> Iterator[tuple[TensorRole, nn.Parameter, nn.Module]]:
     """Yield (role, parameter, owning module) for every parameter of ``model``, fused ones per slice.
 
-    Tied parameters (e.g. GPT-2 ``wte`` / ``lm_head``) appear once, under their first name.
+    Tied parameters (e.g. GPT-2 ``wte`` / ``lm_head``) appear once, under their first name. In a composite
+    model (an encoder-decoder, say) each part uses its own architecture, and its keys carry its prefix
+    (``encoder.layers.0.q``).
     """
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    arch = ARCHITECTURES.get(model_type)
+    root_config = getattr(model, "config", None)
+    root_type = getattr(root_config, "model_type", None)
+    parts = _sub_models(model, root_type)
     seen: set[int] = set()
     for module_name, module in model.named_modules():
+        prefix = next((p for p in parts if module_name == p or module_name.startswith(p + ".")), "")
+        config = parts[prefix] if prefix else root_config
+        arch = ARCHITECTURES.get(getattr(config, "model_type", None))
         role = _module_role(arch, module_name, module)
-        layer = _layer_of(module_name)
+        layer = _layer_of(module_name[len(prefix):])
         for param_name, param in module.named_parameters(recurse=False):
             if id(param) in seen:
                 continue
             seen.add(id(param))
             full = f"{module_name}.{param_name}" if module_name else param_name
             if isinstance(role, Fused):
-                for entry in _fused_entries(module_name, module, param_name, param, role, layer, config):
-                    yield entry, param, module
-                continue
-            yield _plain_entry(full, module_name, module, param_name, param, role, layer, arch), param, module
+                entries = _fused_entries(module_name, module, param_name, param, role, layer, config)
+            else:
+                entries = [_plain_entry(full, module_name, module, param_name, param, role, layer, arch)]
+            for entry in entries:
+                if prefix and not entry.key.startswith(prefix + "."):
+                    entry = dataclasses.replace(entry, key=f"{prefix}.{entry.key}")
+                yield entry, param, module
 
 
 def _plain_entry(full, module_name, module, param_name, param, role, layer, arch) -> TensorRole:

@@ -145,3 +145,18 @@ def test_one_dimensional_parameters_of_unknown_modules_keep_the_models_init():
     rows = {r.name: r for r in hv.init_plan(model, "kaiming")}
     assert rows["gamma"].role == "other" and rows["gamma"].distribution == "hf"
     assert rows["linear.bias"].distribution == "constant(0)"
+
+
+def test_patched_init_covers_every_part_of_a_composite_model():
+    from transformers import BertConfig, EncoderDecoderConfig, EncoderDecoderModel, GPT2Config
+
+    enc = BertConfig(num_hidden_layers=1, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=100)
+    dec = GPT2Config(n_layer=1, n_embd=64, n_head=4, vocab_size=100, add_cross_attention=True, is_decoder=True,
+                     bos_token_id=0, eos_token_id=0)
+    config = EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
+    with hv.patched_init("normal:std=0.5"):
+        model = EncoderDecoderModel(config=config)
+    assert model.encoder.encoder.layer[0].attention.self.query.weight.std().item() == pytest.approx(0.5, rel=0.1)
+    assert model.decoder.transformer.h[0].crossattention.q_attn.weight.std().item() == pytest.approx(0.5, rel=0.1)
+    keys = {r.key for r in hv.init_plan(model, "kaiming") if r.role in ("q", "k", "v")}
+    assert {"encoder.layers.0.q", "decoder.layers.0.v"} <= keys  # each part by its own architecture table
