@@ -9,6 +9,7 @@ mean and variance, and moves them to the host in a single transfer. The second m
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -60,6 +61,7 @@ class VarianceRecorder:
             raise StatsError(f"{type(self.model).__name__} has no tracked weights (no linear or embedding layers)")
         # default: the rule `from_config` / `apply_init` built the model with
         self.rule = rule if rule is not None else getattr(self.model, "varinit_init_rule", None)
+        self._counts = torch.tensor([math.prod(e.shape) for e, _ in self.entries], dtype=torch.float64)
         self._steps: list[int] = []
         self._rows: list[np.ndarray] = []  # one (T, 2) array [var, mean] per record
 
@@ -81,7 +83,7 @@ class VarianceRecorder:
             flat = entry.view(p).detach().float().reshape(-1)  # a copy only for strided Q/K/V slices
             sums.append(torch.stack((flat.sum(), torch.dot(flat, flat))))
         moments = torch.stack(sums).double()  # (T, 2): sum, sum of squares; two BLAS-speed passes, not Welford
-        count = torch.tensor([e.view(p).numel() for e, p in self.entries], dtype=torch.float64, device=moments.device)
+        count = self._counts.to(moments.device)
         mean = moments[:, 0] / count
         var = (moments[:, 1] / count - mean * mean).clamp_min(0.0)
         return torch.stack((var, mean), dim=1).float()
