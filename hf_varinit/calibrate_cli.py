@@ -230,7 +230,7 @@ def run_calibrate_cli(args: argparse.Namespace, pilot_factories: Mapping[str, Pi
     factories = {**PILOT_FACTORIES, **(pilot_factories or {})}
     if args.model not in factories:
         raise ConfigError(f"calibrate: --model {args.model!r} has no pilot; available: {sorted(factories)} "
-                          "(register one with hf_varinit.calibrate.register_pilot_factory)")
+                          "(register one with hf_varinit.calibrate_cli.register_pilot_factory)")
     build_model, pilot, meta = factories[args.model](args)
     opts = {k: getattr(args, k) for k in ("drift_tol", "window_fraction") if getattr(args, k) is not None}
     t0 = time.perf_counter()
@@ -248,9 +248,10 @@ def run_calibrate_cli(args: argparse.Namespace, pilot_factories: Mapping[str, Pi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = add_calibrate_arguments(argparse.ArgumentParser(prog="hf-varinit calibrate",
-                                                             description=__doc__.split("\n")[0]))
-    return run_calibrate_cli(parser.parse_args(argv))
+    """``python -m hf_varinit.calibrate_cli``: the same command as ``hf-varinit calibrate``."""
+    from .cli import subcommand_main
+
+    return subcommand_main("calibrate", argv)
 
 
 if __name__ == "__main__":

@@ -34,15 +34,29 @@ SUBCOMMANDS = {
 }
 
 
+def _configure(name: str, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add subcommand ``name``'s options to ``parser`` and set the function that runs it."""
+    module_name, add, run, _ = SUBCOMMANDS[name]
+    module = importlib.import_module(module_name)
+    getattr(module, add)(parser)
+    parser.set_defaults(_run=getattr(module, run))
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-varinit", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, add, run, help_text) in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        getattr(module, add)(sub)
-        sub.set_defaults(_run=getattr(module, run))
+    for name, (*_, help_text) in SUBCOMMANDS.items():
+        _configure(name, subparsers.add_parser(name, help=help_text, description=help_text))
     return parser
+
+
+def subcommand_main(name: str, argv: Sequence[str] | None = None) -> int:
+    """``python -m <module>`` for one subcommand: the same options as ``hf-varinit <name>``; errors propagate."""
+    parser = _configure(name, argparse.ArgumentParser(prog=f"hf-varinit {name}", description=SUBCOMMANDS[name][3]))
+    args = parser.parse_args(argv)
+    result = args._run(args)
+    return result if isinstance(result, int) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

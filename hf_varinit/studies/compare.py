@@ -445,9 +445,10 @@ def run_compare_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = add_compare_arguments(argparse.ArgumentParser(prog="hf-varinit compare",
-                                                           description=__doc__.split("\n")[0]))
-    return run_compare_cli(parser.parse_args(argv))
+    """``python -m hf_varinit.studies.compare``: the same command as ``hf-varinit compare``."""
+    from ..cli import subcommand_main
+
+    return subcommand_main("compare", argv)
 
 
 if __name__ == "__main__":

@@ -458,8 +458,10 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = add_sweep_arguments(argparse.ArgumentParser(prog="hf-varinit sweep", description=__doc__.split("\n")[0]))
-    return run_sweep_cli(parser.parse_args(argv))
+    """``python -m hf_varinit.studies.sweep``: the same command as ``hf-varinit sweep``."""
+    from ..cli import subcommand_main
+
+    return subcommand_main("sweep", argv)
 
 
 if __name__ == "__main__":
