@@ -7,16 +7,17 @@ Example:
     ...     other = AutoModelForCausalLM.from_config(GPT2Config(n_layer=12))
 """
 
-from . import models, optimal  # noqa: F401  (register the MLP with the Auto classes, and the optimal rule)
-from .callback import VarianceCallback
-from .errors import ConfigError, DataError, HFVarInitError, ReportError, RuleError, StatsError
-from .patch import apply_init, from_config, init_plan, patched_init
-from .recorder import VarianceRecorder
-from .report import VarianceReport
-from .roles import get_roles
-from .rules import Init, InitRule, get_rule, list_rules, register_rule
-from .stats import load_stats, save_stats
-from .steady_state import AnalysisOptions, analyze
+from hf_varinit import models  # noqa: F401  (registers the MLP with the Auto classes)
+from hf_varinit.errors import ConfigError, DataError, HFVarInitError, ReportError, RuleError, StatsError
+from hf_varinit.init.patch import apply_init, from_config, init_plan, patched_init
+from hf_varinit.init.roles import get_roles
+from hf_varinit.init.rules import Init, InitRule, get_rule, list_rules, register_rule
+from hf_varinit.record.callback import VarianceCallback
+from hf_varinit.record.recorder import VarianceRecorder
+from hf_varinit.record.stats_file import load_stats, save_stats
+from hf_varinit.report import optimal  # noqa: F401  (register the MLP with the Auto classes, and the optimal rule)
+from hf_varinit.report.report import VarianceReport
+from hf_varinit.report.steady_state import AnalysisOptions, analyze
 
 __version__ = "0.1.0"
 

@@ -11,8 +11,8 @@ initial rule's variance as the statistics record it). Calibration stops once ``m
 (converged) or after ``rounds`` pilots (not converged). The result's ``variances`` are the last pilot's V(W).
 
 Model-agnostic: ``build_model(rule) -> model`` and ``pilot(model) -> VarianceStats`` can be any pair. The MLP
-pair and the ``hf-varinit calibrate`` command are in `hf_varinit.calibrate_cli` (``calibrate_mlp``,
-``register_pilot_factory``); the GPT-2 / Llama pilot is `hf_varinit.calibrate_lm`.
+pair and the ``hf-varinit calibrate`` command are in `hf_varinit.cli.calibrate` (``calibrate_mlp``,
+``register_pilot_factory``); the GPT-2 / Llama pilot is `hf_varinit.train.pilot`.
 
 Example:
     >>> result = calibrate_mlp("digits", depth=3, width=64, steps=400, rounds=4, output="model_cards/mlp-cal")
@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, NonFiniteLossError
-from .io_utils import atomic_write_json, atomic_write_text
-from .report import AnalysisOptions, analyze
-from .studies.output import json_safe
+from hf_varinit.errors import ConfigError, NonFiniteLossError
+from hf_varinit.io_utils import atomic_write_json, atomic_write_text
+from hf_varinit.report.report import AnalysisOptions, analyze
+from hf_varinit.studies.render import json_safe
 
 __all__ = ["CalibrationResult", "calibrate"]
 
@@ -71,7 +71,7 @@ class CalibrationResult:
     def save(self, folder: str | Path, *, title: str | None = None, command: str | None = None) -> Path:
         """Write the last pilot's `VarianceReport` to ``folder`` plus ``convergence.csv`` / ``convergence.md``,
         ``calibration.json``, and a calibration section in the card."""
-        from .report import VarianceReport
+        from hf_varinit.report.report import VarianceReport
 
         title = title or "Calibrated optimal init: s0² = V(W) at its fixed point"
         dest = VarianceReport.from_stats(self.final_stats, self.options, title=title).save(folder)

@@ -1,11 +1,13 @@
-"""Atomic file writes: a reader sees either the old file or the whole new one, never a truncated file.
+"""The one atomic writer, for files and folders: a reader sees the old content or the whole new one, never a part.
 
-Every writer goes through a temporary file in the destination's own directory (so ``os.replace`` is
-a rename on one file system), which is flushed and fsynced before it replaces the destination.
+Every writer goes through a temporary file (or folder) in the destination's own directory, so ``os.replace``
+is a rename on one file system; the content is fsynced before it replaces the destination.
 
 Example:
     >>> with atomic_path("out/result.bin") as tmp:  # doctest: +SKIP
     ...     tmp.write_bytes(b"...")
+    >>> with atomic_folder("out/report") as tmp:  # doctest: +SKIP
+    ...     (tmp / "README.md").write_text("...")
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+    "atomic_folder", "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+    "commit_folder", "staging_folder",
+]
 
 
 def _fsync_file(path: Path) -> None:
@@ -94,3 +100,81 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
     """Atomically write ``obj`` as JSON (strict: NaN and infinity are refused) to ``path``."""
     text = json.dumps(obj, indent=indent, sort_keys=False, allow_nan=False) + "\n"
     return atomic_write_text(path, text)
+
+
+def staging_folder(dest: str | os.PathLike[str], *, name: str | None = None) -> Path:
+    """An empty temporary folder next to ``dest`` (normal permissions), to be passed to `commit_folder`.
+
+    Args:
+        dest (`str` or `os.PathLike`): the folder that `commit_folder` will create or replace.
+        name (`str`, *optional*): a fixed name for the temporary folder, so that several processes write into
+            the same one (a leftover of a killed writer is emptied first). By default a unique name.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if name is not None:
+        tmp = dest.parent / name
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        return tmp
+    while True:  # unlike tempfile.mkdtemp (mode 0700), a folder that others can read once it is published
+        tmp = dest.parent / f".{dest.name}.{os.urandom(4).hex()}.tmp"
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def commit_folder(tmp: Path, dest: str | os.PathLike[str], *, merge: bool = False,
+                  complete_marker: str | None = None) -> Path:
+    """Publish the finished folder ``tmp`` as ``dest``; returns ``dest``.
+
+    Every file in ``tmp`` is fsynced; then ``complete_marker`` (if given) is written and fsynced last, so a
+    reader that checks for it never sees a partial folder. A new ``dest`` is a rename of ``tmp``. An existing
+    ``dest`` is replaced whole (``merge=False``), or gets each of ``tmp``'s files replaced atomically while its
+    other files stay (``merge=True``).
+    """
+    dest = Path(dest)
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            _fsync_file(f)
+    if complete_marker is not None:
+        atomic_write_text(tmp / complete_marker, "complete\n")
+    if dest.exists() and merge:
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                target = dest / f.relative_to(tmp)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(f, target)
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        old = None
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.{os.urandom(4).hex()}.old")
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(dest.parent)
+    return dest
+
+
+@contextlib.contextmanager
+def atomic_folder(dest: str | os.PathLike[str], *, merge: bool = False,
+                  complete_marker: str | None = None) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it becomes ``dest`` (see `commit_folder`), on error it is removed.
+
+    Args:
+        dest (`str` or `os.PathLike`): the folder to create or replace. If the block raises, it is untouched.
+        merge (`bool`): keep the files of an existing ``dest`` that the new content does not replace.
+        complete_marker (`str`, *optional*): a file written last, once everything else is on disk.
+    """
+    tmp = staging_folder(dest)
+    try:
+        yield tmp
+        commit_folder(tmp, dest, merge=merge, complete_marker=complete_marker)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -17,6 +17,7 @@ import torch
 from transformers import GPT2Config
 
 import hf_varinit as hv
+from hf_varinit.init.roles import tracked_roles
 
 RULES = ["hf", "normal:std=0.02", "trunc_normal:std=0.02", "xavier", "xavier:dist=uniform", "kaiming",
          "kaiming:mode=fan_out", "lecun", "gpt2", "optimal:fallback=kaiming"]
@@ -26,7 +27,7 @@ def optimal_table(config: GPT2Config) -> dict:
     """A per-slice V(W) table for every tracked tensor (the optimal rule's work at full size)."""
     with torch.device("meta"):
         model = hv.from_config(config, "hf")
-    return {e.key: 4e-4 for e, _ in hv.roles.tracked_roles(model)}
+    return {e.key: 4e-4 for e, _ in tracked_roles(model)}
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 def measure(checkpoint: str, output: str) -> dict:
     """Runs in the child process: report the checkpoint, return timings and memory."""
     import hf_varinit as hv
-    from hf_varinit.weights_stats import stats_from_checkpoint
+    from hf_varinit.record.from_checkpoint import stats_from_checkpoint
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from hf_varinit import from_config  # noqa: E402
-from hf_varinit.train import build_model_config, load_data, parse_options, run_pretrain  # noqa: E402
+from hf_varinit.train.loop import build_model_config, load_data, parse_options, run_pretrain  # noqa: E402
 
 
 class StepTimes(TrainerCallback):

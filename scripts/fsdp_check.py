@@ -27,8 +27,8 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
 
-from hf_varinit.roles import get_roles, iter_roles  # noqa: E402
-from hf_varinit.sharded import is_sharded, rebind, sharded_var_mean  # noqa: E402
+from hf_varinit.init.roles import get_roles, iter_roles  # noqa: E402
+from hf_varinit.record.sharded import is_sharded, rebind, sharded_var_mean  # noqa: E402
 
 VOCAB = 101  # odd: the embedding's rows do not split evenly over 2 ranks
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-PRETRAIN = ROOT / "scripts" / "pretrain.py"
+PRETRAIN_MODULE = ["-m", "hf_varinit", "pretrain"]
 
 
 def _command(args, output_dir: Path, resume: bool) -> list[str]:
-    cmd = [sys.executable, str(PRETRAIN), "--config", args.config, "--output-dir", str(output_dir),
+    cmd = [sys.executable, *PRETRAIN_MODULE, "--config", args.config, "--output-dir", str(output_dir),
            "--max-steps", str(args.max_steps), "--checkpoint-every", str(args.checkpoint_every),
            "--record-every", str(args.record_every), "--log-every", "1", "--keep-last", "2",
            "--dropout", str(args.dropout)]
@@ -108,7 +108,7 @@ def compare(reference: Path, faulty: Path) -> list[str]:
     """Differences between two finished runs (final weights, statistics); empty when bit-identical."""
     from safetensors.numpy import load_file
 
-    from hf_varinit.stats import load_stats
+    from hf_varinit.record.stats_file import load_stats
 
     problems = []
     a, b = load_file(reference / "final" / "model.safetensors"), load_file(faulty / "final" / "model.safetensors")
@@ -131,7 +131,7 @@ def compare(reference: Path, faulty: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "gpt2-tiny-test.yaml"))
+    parser.add_argument("--config", default="gpt2-tiny-test")
     parser.add_argument("--max-steps", type=int, default=40)
     parser.add_argument("--checkpoint-every", type=int, default=4)
     parser.add_argument("--record-every", type=int, default=2)

@@ -32,6 +32,6 @@ if [[ $which_runs == all || $which_runs == optimal ]]; then
 fi
 if [[ $which_runs == all || $which_runs == calibrate ]]; then
   # = hf-varinit calibrate --model mlp --dataset mnist-subset --threads 1
-  run $PY -m hf_varinit.calibrate_cli --model mlp --dataset mnist-subset --depth 3 --width 256 --lr 0.05 \
+  run $PY -m hf_varinit.cli.calibrate --model mlp --dataset mnist-subset --depth 3 --width 256 --lr 0.05 \
     --steps 1500 --record-every 15 --rounds 6 --tol 0.05 --threads 1 --output model_cards/mlp-calibrated-mnist-subset
 fi

@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from hf_varinit.calibrate import calibrate
-from hf_varinit.calibrate_cli import calibrate_mlp, main
+from hf_varinit.cli.calibrate import calibrate_mlp, main
 from hf_varinit.errors import ConfigError
-from hf_varinit.report import VarianceReport
-from hf_varinit.stats import VarianceStats
+from hf_varinit.record.stats_file import VarianceStats
+from hf_varinit.report.report import VarianceReport
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 import hf_varinit as hv
-from hf_varinit.cli import main
+from hf_varinit.cli.main import main
 
-TEST_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "gpt2-tiny-test.yaml")
+TEST_CONFIG = str(Path(__file__).resolve().parents[1] / "hf_varinit" / "configs" / "gpt2-tiny-test.yaml")
 
 
 def test_gpt2_calibration_writes_a_report_the_optimal_rule_reads(tmp_path):

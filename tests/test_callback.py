@@ -8,8 +8,8 @@ import torch
 from transformers import GPT2Config, Trainer, TrainingArguments
 
 from hf_varinit import from_config
-from hf_varinit.callback import VarianceCallback
-from hf_varinit.stats import load_stats
+from hf_varinit.record.callback import VarianceCallback
+from hf_varinit.record.stats_file import load_stats
 
 
 class RandomTokens(torch.utils.data.Dataset):

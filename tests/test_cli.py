@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hf_varinit.cli import main
+from hf_varinit.cli.main import main
 
 
 def test_plan_prints_the_per_tensor_table(capsys):

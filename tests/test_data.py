@@ -1,4 +1,4 @@
-"""Specification of hf_varinit.data: corpora, tokenizers, packing and classification sets (all offline)."""
+"""Specification of hf_varinit.train.data: corpora, tokenizers, packing and classification sets (all offline)."""
 
 import os
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_varinit.data import (
+from hf_varinit.errors import DataError
+from hf_varinit.train.data import (
     build_lm_datasets,
     get_tokenizer,
     list_classification_datasets,
@@ -20,7 +21,6 @@ from hf_varinit.data import (
     pack_dataset,
     train_tokenizer,
 )
-from hf_varinit.errors import DataError
 
 SMALL = 200_000
 SNIPPET = 'def f(x: int) -> str:\n    """Doc — ünïcode."""\n    return f"{x!r:>8}"  # comment\n\n\tpass\n'

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from hf_varinit.dynamics import depth_dynamics, spearman
-from hf_varinit.stats import VarianceStats
+from hf_varinit.record.stats_file import VarianceStats
+from hf_varinit.report.dynamics import depth_dynamics, spearman
 
 
 def _record(rate_of_layer, layers=6, steps=50):

@@ -7,8 +7,8 @@ from transformers import GPT2Config, LlamaConfig
 
 import hf_varinit as hv
 from hf_varinit.errors import ReportError
-from hf_varinit.report import VarianceReport
-from hf_varinit.stats import save_stats
+from hf_varinit.record.stats_file import save_stats
+from hf_varinit.report.report import VarianceReport
 
 V = {"q": 1e-4, "k": 4e-4, "v": 9e-4}
 

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hf_varinit.errors import ReportError
-from hf_varinit.report import AnalysisOptions, VarianceReport, analyze, analyze_series, main_report
-from hf_varinit.stats import VarianceStats, load_stats, save_stats
+from hf_varinit.record.stats_file import VarianceStats, load_stats, save_stats
+from hf_varinit.report.report import AnalysisOptions, VarianceReport, analyze, analyze_series, main_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEPS = np.arange(0, 1001, 10)  # one record every 10 steps
@@ -155,7 +155,7 @@ def test_card_loads_with_model_card_and_has_the_sections(report_dir):
 
 def test_steady_state_json_round_trips_through_load(report_dir):
     doc = json.loads((report_dir / "steady_state.json").read_text())
-    assert doc["format"] == "hf_varinit.steady_state" and doc["format_version"] == 1
+    assert doc["format"] == "hf_varinit.report.steady_state" and doc["format_version"] == 1
     loaded = VarianceReport.load(report_dir / "steady_state.json")
     original = VarianceReport.from_stats(report_dir / "variance.safetensors")
     assert loaded.variances() == pytest.approx(original.variances())
@@ -205,12 +205,12 @@ def test_save_into_existing_folder_keeps_unrelated_files(report_dir):
 
 
 def test_failed_save_leaves_no_folder_and_no_temp(tmp_path, monkeypatch):
-    import hf_varinit.plots
+    import hf_varinit.report.plots
 
     def boom(*args, **kwargs):
         raise RuntimeError("plotting failed")
 
-    monkeypatch.setattr(hf_varinit.plots, "write_plots", boom)
+    monkeypatch.setattr(hf_varinit.report.plots, "write_plots", boom)
     with pytest.raises(RuntimeError):
         VarianceReport.from_stats(gpt2_stats()).save(tmp_path / "report")
     assert os.listdir(tmp_path) == []
@@ -289,7 +289,7 @@ def _report_like(draw) -> dict:
                                    st.dictionaries(st.sampled_from(["v_w", "layer", "role", "stationary",
                                                                     "window", "band", "drift"]), _json),
                                    max_size=3))
-    return {"format": "hf_varinit.steady_state", "format_version": 1, "tensors": tensors,
+    return {"format": "hf_varinit.report.steady_state", "format_version": 1, "tensors": tensors,
             "options": draw(st.one_of(st.just({}), _json)), "n_layer": draw(_json)}
 
 

@@ -13,8 +13,8 @@ from transformers import (
 )
 
 import hf_varinit as hv
+from hf_varinit.init.roles import get_roles, iter_roles, tracked_roles
 from hf_varinit.models import VarInitMLPConfig
-from hf_varinit.roles import get_roles, tracked_roles
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,7 @@ def test_qkv_slices_are_the_column_blocks_of_c_attn(tiny_gpt2_config):
     model = GPT2Model(tiny_gpt2_config)
     d = tiny_gpt2_config.n_embd
     weight = model.h[1].attn.c_attn.weight
-    entries = {e.role: (e, p) for e, p, _ in hv.roles.iter_roles(model) if e.layer == 1 and e.role in "qkv"}
+    entries = {e.role: (e, p) for e, p, _ in iter_roles(model) if e.layer == 1 and e.role in "qkv"}
     for i, role in enumerate("qkv"):
         entry, param = entries[role]
         assert param is weight
@@ -92,7 +92,7 @@ def test_gpt_neox_interleaved_qkv_matches_the_models_reshape():
     x = torch.randn(1, 3, 32)
     qkv = attn.query_key_value(x).view(1, 3, 4, 3 * 8)  # (B, T, heads, 3 * head_dim), as GPTNeoXAttention
     q_ref, k_ref, v_ref = qkv.chunk(3, dim=-1)
-    entries = {e.role: e for e, _, _ in hv.roles.iter_roles(model) if e.layer == 0 and e.role in "qkv"}
+    entries = {e.role: e for e, _, _ in iter_roles(model) if e.layer == 0 and e.role in "qkv"}
     for role, ref in zip("qkv", (q_ref, k_ref, v_ref)):
         w = entries[role].view(attn.query_key_value.weight).reshape(32, 32)  # (heads*head_dim, in)
         b = entries[role].view(attn.query_key_value.bias).reshape(32)

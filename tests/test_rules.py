@@ -9,10 +9,12 @@ from scipy import stats
 
 import hf_varinit as hv
 from hf_varinit.errors import RuleError
+from hf_varinit.init.roles import iter_roles
+from hf_varinit.init.rules import KaimingRule
 
 
 def _tensor(model, key):
-    for entry, param, _ in hv.roles.iter_roles(model):
+    for entry, param, _ in iter_roles(model):
         if entry.key == key:
             return entry.view(param).detach().flatten().numpy()
     raise KeyError(key)
@@ -117,7 +119,7 @@ def test_spec_round_trips():
 
 def test_register_rule_requires_unique_names():
     with pytest.raises(RuleError, match="already registered"):
-        hv.register_rule("kaiming", hv.rules.KaimingRule)
+        hv.register_rule("kaiming", KaimingRule)
     assert {"hf", "normal", "trunc_normal", "xavier", "kaiming", "lecun", "gpt2", "optimal"} <= set(hv.list_rules())
 
 

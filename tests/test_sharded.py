@@ -15,9 +15,9 @@ import torch
 import torch.distributed as dist
 from transformers import GPT2LMHeadModel
 
-from hf_varinit.recorder import VarianceRecorder
-from hf_varinit.roles import Slice, TensorRole, tracked_roles
-from hf_varinit.sharded import is_sharded, local_moments, sharded_var_mean
+from hf_varinit.init.roles import Slice, TensorRole, tracked_roles
+from hf_varinit.record.recorder import VarianceRecorder
+from hf_varinit.record.sharded import is_sharded, local_moments, sharded_var_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 
 from hf_varinit.errors import StatsError
 from hf_varinit.io_utils import atomic_path, atomic_write_json, atomic_write_text
-from hf_varinit.stats import STATS_FILENAME, VarianceStats, concat, load_stats, save_stats
+from hf_varinit.record.stats_file import STATS_FILENAME, VarianceStats, concat, load_stats, save_stats
 
 METADATA = {
     "model_type": "gpt2", "config": {"n_layer": 2, "n_embd": 32}, "rule": "normal:std=0.02", "n_layer": 2,

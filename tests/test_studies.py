@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from hf_varinit.classification_data import load_classification
 from hf_varinit.studies import compare, sweep
+from hf_varinit.studies.datasets import load_classification
 from hf_varinit.studies.mlp_train import build_mlp, init_diagnostics, run_stats, train_mlp
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

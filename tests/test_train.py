@@ -19,14 +19,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_varinit.checkpoint import COMPLETE, find_latest_checkpoint
 from hf_varinit.errors import ConfigError, NonFiniteLossError
-from hf_varinit.stats import load_stats
-from hf_varinit.train import main, parse_options, run_pretrain
-from hf_varinit.train_config import PretrainOptions, load_yaml_options
+from hf_varinit.record.stats_file import load_stats
+from hf_varinit.train.checkpoint import COMPLETE, find_latest_checkpoint
+from hf_varinit.train.loop import main, parse_options, run_pretrain
+from hf_varinit.train.options import PretrainOptions, load_yaml_options
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_CONFIG = str(ROOT / "configs" / "gpt2-tiny-test.yaml")
+TEST_CONFIG = str(ROOT / "hf_varinit" / "configs" / "gpt2-tiny-test.yaml")
 D = 32  # n_embd of the test config
 BASE = ["--max-steps", "6", "--checkpoint-every", "3", "--record-every", "1", "--keep-last", "5"]
 
@@ -42,7 +42,7 @@ def pretrain(out: Path, cache_dir: str, *extra: str):
 
 
 def launch(cache_dir: str, out: Path, *launch_args: str, extra: tuple[str, ...] = ()) -> None:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_args, str(ROOT / "scripts" / "pretrain.py"),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch_args, "-m", "hf_varinit", "pretrain",
            "--config", TEST_CONFIG, "--output-dir", str(out), "--cache-dir", cache_dir, *BASE, *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -75,7 +75,7 @@ def base_run(tmp_path_factory, cache_dir):
 
 
 def test_every_config_file_loads_against_the_options():
-    files = sorted((ROOT / "configs").glob("*.yaml"))
+    files = sorted((ROOT / "hf_varinit" / "configs").glob("*.yaml"))
     assert len(files) >= 4
     for path in files:
         options = parse_options(["--config", str(path)])

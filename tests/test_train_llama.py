@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_varinit.stats import load_stats
-from hf_varinit.train import parse_options, run_pretrain
+from hf_varinit.record.stats_file import load_stats
+from hf_varinit.train.loop import parse_options, run_pretrain
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "llama-8l-tiny.yaml")
+CONFIG = str(Path(__file__).resolve().parents[1] / "hf_varinit" / "configs" / "llama-8l-tiny.yaml")
 
 
 def test_llama_config_pretrains_and_records_grouped_query_qkv(tmp_path):

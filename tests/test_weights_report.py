@@ -11,9 +11,9 @@ import yaml
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 import hf_varinit as hv
-from hf_varinit.cli import main as cli_main
+from hf_varinit.cli.main import main as cli_main
 from hf_varinit.errors import ReportError
-from hf_varinit.weights_stats import stats_from_checkpoint
+from hf_varinit.record.from_checkpoint import stats_from_checkpoint
 
 
 def _trained_like(config, seed=0):

@@ -1,5 +1,5 @@
 """HF-native models used by the studies (registered with the Auto classes on import)."""
 
-from .mlp import VarInitMLPConfig, VarInitMLPForClassification
+from hf_varinit.models.mlp import VarInitMLPConfig, VarInitMLPForClassification
 
 __all__ = ["VarInitMLPConfig", "VarInitMLPForClassification"]

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..io_utils import atomic_write_json
-from .mlp_train import build_mlp, run_stats, train_mlp
-from .output import (
+from hf_varinit.errors import ConfigError
+from hf_varinit.io_utils import atomic_write_json
+from hf_varinit.studies.mlp_train import build_mlp, run_stats, train_mlp
+from hf_varinit.studies.render import (
     add_threads_argument,
     apply_threads,
     csv_text,
@@ -185,8 +185,8 @@ def _plot(curves: list[dict], groups: list[dict], cfg: CompareConfig, path: Path
 
 def _pilot_variances(data, cfg: CompareConfig, folder_writers: dict, log) -> tuple[dict, dict, dict]:
     """He-normal pilot -> V(W); calibration -> calibrated V(W). Returns (pilot V, calibrated V, info)."""
-    from ..calibrate import calibrate
-    from ..report import VarianceReport
+    from hf_varinit.calibrate import calibrate
+    from hf_varinit.report.report import VarianceReport
 
     pilot_run = train_mlp(build_mlp(data, cfg.depth, cfg.width, "kaiming", cfg.pilot_seed), data, lr=cfg.lr,
                           steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.pilot_seed,
@@ -335,7 +335,7 @@ def run_compare(config: CompareConfig | None = None, *, command: str | None = No
     Returns:
         `CompareResult` with per-run rows, the summary (also ``summary.json``) and the folder.
     """
-    from ..classification_data import load_classification
+    from hf_varinit.studies.datasets import load_classification
 
     base = asdict(config) if config else {}
     cfg = CompareConfig(**{**base, **overrides})
@@ -446,7 +446,7 @@ def run_compare_cli(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m hf_varinit.studies.compare``: the same command as ``hf-varinit compare``."""
-    from ..cli import subcommand_main
+    from hf_varinit.cli.main import subcommand_main
 
     return subcommand_main("compare", argv)
 

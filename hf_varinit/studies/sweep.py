@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..io_utils import atomic_write_json
-from .mlp_train import build_mlp, init_diagnostics, train_mlp
-from .output import (
+from hf_varinit.errors import ConfigError
+from hf_varinit.io_utils import atomic_write_json
+from hf_varinit.studies.mlp_train import build_mlp, init_diagnostics, train_mlp
+from hf_varinit.studies.render import (
     add_threads_argument,
     apply_threads,
     csv_text,
@@ -346,7 +346,7 @@ def run_sweep(config: SweepConfig | None = None, *, command: str | None = None, 
     Returns:
         `SweepResult`.
     """
-    from ..classification_data import load_classification
+    from hf_varinit.studies.datasets import load_classification
 
     cfg = SweepConfig(**{**asdict(config or SweepConfig()), **overrides})
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -459,7 +459,7 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m hf_varinit.studies.sweep``: the same command as ``hf-varinit sweep``."""
-    from ..cli import subcommand_main
+    from hf_varinit.cli.main import subcommand_main
 
     return subcommand_main("sweep", argv)
 

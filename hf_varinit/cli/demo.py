@@ -1,0 +1,49 @@
+"""`hf-varinit demo`: the main job, end to end and offline.
+
+With ``--config`` it runs any pretraining YAML the same way (the GPT-2 Q/K/V dynamics study is
+``--config configs/gpt2-12l-qkv-study.yaml``).
+
+Pretrains the studies' 12-layer GPT-2 (n_embd 128) on the Python standard library's sources with
+per-layer Q/K/V variance recording (``configs/gpt2-12l-tiny.yaml``), then turns the statistics into a
+variance report that ``optimal:report=<folder>`` can initialise the next model from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from hf_varinit.report.report import VarianceReport
+
+DEMO_CONFIG = "gpt2-12l-tiny"  # a bundled config (configs/gpt2-12l-tiny.yaml)
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEMO_CONFIG,
+                        help="pretraining YAML or bundled config name (default: gpt2-12l-tiny)")
+    parser.add_argument("--output-dir", default="runs/demo", help="where the run goes")
+    parser.add_argument("--report-dir", default=None, help="where the report goes (default: <output-dir>/report)")
+    parser.add_argument("--init", default=None, help="init rule spec (default: the config's)")
+    parser.add_argument("--max-steps", type=int, default=None, help="override the config's number of steps")
+
+
+def run_demo(args: argparse.Namespace):
+    from hf_varinit.train.loop import run_pretrain
+    from hf_varinit.train.options import parse_options
+
+    output = Path(args.output_dir)
+    if (output / "variance.safetensors").exists() or (output / "checkpoints").exists():
+        print(f"replacing the previous run in {output}/")  # the demo starts fresh; pretrain --resume continues
+        shutil.rmtree(output)
+    argv = ["--config", args.config, "--output-dir", args.output_dir]
+    if args.init is not None:
+        argv += ["--init", args.init]
+    if args.max_steps is not None:
+        argv += ["--max-steps", str(args.max_steps)]
+    result = run_pretrain(parse_options(argv))
+    report_dir = VarianceReport.from_stats(result.stats_path).save(args.report_dir or Path(args.output_dir) / "report")
+    print(f"variance report  {report_dir}/ (README.md model card, steady_state.json, plots)")
+    print(f'next model       hf-varinit pretrain --config {args.config} --output-dir {args.output_dir}-optimal '
+          f'--init "optimal:report={report_dir}"')
+    return result

@@ -1,0 +1,373 @@
+"""Init rules: a registry of named rules, each mapping a tensor's role to a distribution and std.
+
+A rule spec is a string ``name[:key=value,...]`` (``"kaiming:mode=fan_out"``) or a dict
+(``{"name": "normal", "std": 0.02}``). Rules are frozen dataclasses: their fields are the spec's keys,
+validated in ``__post_init__``. Biases start at zero and norm weights at one under every rule but
+``hf``, which defers to the model's own ``_init_weights``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from hf_varinit.errors import RuleError
+from hf_varinit.init.roles import EMBEDDING_ROLES, RESIDUAL_ROLES, TensorRole
+
+DISTRIBUTIONS = ("normal", "uniform", "trunc_normal")
+
+
+@dataclass(frozen=True)
+class Init:
+    """What one tensor gets: a distribution with a std (zero mean), a constant, or the model's own init."""
+
+    distribution: str  # normal | uniform | trunc_normal | constant | hf
+    std: float | None = None  # the std of the values drawn (for trunc_normal: after truncation)
+    value: float | None = None
+    note: str = ""
+    cutoff: float = 2.0  # trunc_normal: truncation at ±cutoff standard deviations of the underlying normal
+
+    def describe(self) -> str:
+        if self.distribution == "constant":
+            return f"constant({self.value:g})"
+        return self.distribution
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What a rule may know about the model as a whole."""
+
+    model_type: str | None
+    n_layer: int | None
+    hidden_size: int | None
+    initializer_range: float
+    config: Any = None
+
+
+class InitRule:
+    """Base class of init rules. Subclasses are frozen dataclasses and implement `weight_init`."""
+
+    name: ClassVar[str] = ""
+
+    def resolve(self, entry: TensorRole, ctx: ModelContext) -> Init:
+        """The init for one tensor: biases zero, norm weights one, weights per `weight_init`."""
+        if entry.role == "bias":
+            return Init("constant", value=0.0)
+        if entry.role == "norm":
+            return Init("constant", value=1.0)
+        if entry.role == "other":
+            return Init("hf", note="not covered by the role table")
+        return self.weight_init(entry, ctx)
+
+    def weight_init(self, entry: TensorRole, ctx: ModelContext) -> Init:
+        raise NotImplementedError
+
+    def bind(self, model) -> InitRule:
+        """Hook for rules that check themselves against a model before use (see `OptimalRule`)."""
+        return self
+
+    @property
+    def spec(self) -> str:
+        """The canonical spec string, e.g. ``kaiming:mode=fan_out`` (defaults left out)."""
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("spec", True) and value != f.default:
+                parts.append(f"{f.name}={_format_value(value)}")
+        return self.name + (":" + ",".join(parts) if parts else "")
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _check_std(name: str, value: float, key: str = "std") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise RuleError(f"rule {name!r}: {key}={value!r} is invalid; it must be a finite number > 0, e.g. {key}=0.02")
+
+
+def _check_choice(name: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise RuleError(f"rule {name!r}: {key}={value!r} is invalid; valid choices: {', '.join(choices)}")
+
+
+def _sample(dist: str, std: float, note: str = "") -> Init:
+    return Init(dist, std=float(std), note=note)
+
+
+def _embedding_init(ctx: ModelContext, std: float | None) -> Init:
+    return Init("normal", std=std or ctx.initializer_range, note="embedding: initializer_range")
+
+
+@dataclass(frozen=True)
+class HFRule(InitRule):
+    """The model's own ``_init_weights``, unchanged."""
+
+    name: ClassVar[str] = "hf"
+
+    def resolve(self, entry: TensorRole, ctx: ModelContext) -> Init:
+        return Init("hf")
+
+
+@dataclass(frozen=True)
+class NormalRule(InitRule):
+    """Every weight (embeddings and heads included) from N(0, std^2)."""
+
+    name: ClassVar[str] = "normal"
+    std: float = 0.02
+
+    def __post_init__(self):
+        _check_std(self.name, self.std)
+
+    def weight_init(self, entry, ctx):
+        return _sample("normal", self.std)
+
+
+def truncated_std_factor(cutoff: float) -> float:
+    """std of N(0, 1) truncated to [-cutoff, cutoff] (0.880 for cutoff 2)."""
+    pdf = math.exp(-0.5 * cutoff * cutoff) / math.sqrt(2 * math.pi)
+    mass = math.erf(cutoff / math.sqrt(2))
+    return math.sqrt(1 - 2 * cutoff * pdf / mass)
+
+
+@dataclass(frozen=True)
+class TruncNormalRule(InitRule):
+    """Every weight from N(0, std^2) truncated at ±``cutoff``·std (``torch.nn.init.trunc_normal_(std=std,
+    a=-cutoff*std, b=cutoff*std)``). The plan shows the std of the values drawn: 0.880·std for cutoff 2."""
+
+    name: ClassVar[str] = "trunc_normal"
+    std: float = 0.02
+    cutoff: float = 2.0
+
+    def __post_init__(self):
+        _check_std(self.name, self.std)
+        _check_std(self.name, self.cutoff, "cutoff")
+
+    def weight_init(self, entry, ctx):
+        realised = self.std * truncated_std_factor(self.cutoff)
+        return Init("trunc_normal", std=realised, cutoff=self.cutoff,
+                    note=f"N(0, {self.std:g}^2) truncated at ±{self.cutoff:g} std")
+
+
+@dataclass(frozen=True)
+class _FanRule(InitRule):
+    """Shared parts of fan-based rules: ``dist`` and the embedding policy."""
+
+    dist: str = "normal"
+    embedding_std: float | None = None
+
+    def __post_init__(self):
+        _check_choice(self.name, "dist", self.dist, ("normal", "uniform"))
+        if self.embedding_std is not None:
+            _check_std(self.name, self.embedding_std, "embedding_std")
+
+    def weight_init(self, entry, ctx):
+        if entry.role in EMBEDDING_ROLES:
+            return _embedding_init(ctx, self.embedding_std)
+        return _sample(self.dist, self.fan_std(entry))
+
+    def fan_std(self, entry: TensorRole) -> float:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class XavierRule(_FanRule):
+    """Glorot: std = gain * sqrt(2 / (fan_in + fan_out)). Embeddings keep ``initializer_range``."""
+
+    name: ClassVar[str] = "xavier"
+    gain: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_std(self.name, self.gain, "gain")
+
+    def fan_std(self, entry):
+        return self.gain * math.sqrt(2.0 / (entry.fan_in + entry.fan_out))
+
+
+NONLINEARITIES = ("relu", "leaky_relu", "tanh", "linear", "sigmoid", "selu")
+
+
+@dataclass(frozen=True)
+class KaimingRule(_FanRule):
+    """He: std = gain / sqrt(fan), fan_in by default, ReLU gain. Embeddings keep ``initializer_range``."""
+
+    name: ClassVar[str] = "kaiming"
+    mode: str = "fan_in"
+    nonlinearity: str = "relu"
+    a: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_choice(self.name, "mode", self.mode, ("fan_in", "fan_out"))
+        _check_choice(self.name, "nonlinearity", self.nonlinearity, NONLINEARITIES)
+        if isinstance(self.a, bool) or not isinstance(self.a, (int, float)) or not math.isfinite(self.a):
+            raise RuleError(f"rule 'kaiming': a={self.a!r} is invalid; it must be a finite number (leaky_relu slope)")
+
+    def fan_std(self, entry):
+        fan = entry.fan_in if self.mode == "fan_in" else entry.fan_out
+        param = self.a if self.nonlinearity == "leaky_relu" else None
+        return torch.nn.init.calculate_gain(self.nonlinearity, param) / math.sqrt(fan)
+
+
+@dataclass(frozen=True)
+class LecunRule(_FanRule):
+    """LeCun: std = 1 / sqrt(fan_in). Embeddings keep ``initializer_range``."""
+
+    name: ClassVar[str] = "lecun"
+
+    def fan_std(self, entry):
+        return 1.0 / math.sqrt(entry.fan_in)
+
+
+@dataclass(frozen=True)
+class GPT2Rule(InitRule):
+    """GPT-2: N(0, std^2) everywhere, residual projections scaled by 1/sqrt(2 n_layer).
+
+    ``std`` defaults to the config's ``initializer_range``.
+    """
+
+    name: ClassVar[str] = "gpt2"
+    std: float | None = None
+
+    def __post_init__(self):
+        if self.std is not None:
+            _check_std(self.name, self.std)
+
+    def weight_init(self, entry, ctx):
+        std = self.std or ctx.initializer_range
+        if entry.role in RESIDUAL_ROLES and ctx.n_layer:
+            return _sample("normal", std / math.sqrt(2 * ctx.n_layer), note="residual 1/sqrt(2 n_layer)")
+        return _sample("normal", std)
+
+
+_REGISTRY: dict[str, Callable[..., InitRule]] = {}
+
+
+def register_rule(name: str, factory: Callable[..., InitRule], *, overwrite: bool = False) -> None:
+    """Register a rule factory under ``name`` (unique unless ``overwrite``).
+
+    Args:
+        name (`str`): the name used in specs, e.g. ``"my_rule"``.
+        factory (`Callable[..., InitRule]`): called with the spec's keys as keyword arguments;
+            a dataclass `InitRule` subclass is the usual choice.
+
+    Example:
+        >>> @dataclass(frozen=True)
+        ... class Half(InitRule):
+        ...     name = "half"
+        ...     def weight_init(self, entry, ctx): return Init("normal", std=0.5 / entry.fan_in ** 0.5)
+        >>> register_rule("half", Half)
+    """
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise RuleError(f"rule name {name!r} is invalid: use letters, digits, '_' or '-'")
+    if name in _REGISTRY and not overwrite:
+        raise RuleError(f"a rule named {name!r} is already registered; pick another name or pass overwrite=True")
+    _REGISTRY[name] = factory
+
+
+def list_rules() -> list[str]:
+    """The names of all registered rules."""
+    return sorted(_REGISTRY)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split ``"name:key=value,flag"`` into the name and its parameters (bare flags become True)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise RuleError(f"rule spec {spec!r} is empty; valid rules: {', '.join(list_rules())}")
+    name, _, rest = spec.strip().partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise RuleError(f"rule spec {spec!r}: empty key in {item!r}; write key=value pairs separated by ','")
+        if key in params:
+            raise RuleError(f"rule spec {spec!r}: key {key!r} given twice")
+        params[key] = value.strip() if eq else True
+    return name.strip(), params
+
+
+def _coerce(rule_name: str, f: dataclasses.Field, value: Any) -> Any:
+    """Convert a spec string to the field's type (float, int, bool, str)."""
+    if not isinstance(value, str):
+        return value
+    kind = str(f.type)
+    try:
+        if "bool" in kind:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if "float" in kind:
+            return float(value)
+        if "int" in kind:
+            return int(value)
+    except ValueError:
+        raise RuleError(f"rule {rule_name!r}: {f.name}={value!r} is not a valid {kind}") from None
+    return value
+
+
+def build_rule(name: str, params: Mapping[str, Any]) -> InitRule:
+    """Instantiate a registered rule, checking every key against its fields."""
+    if name not in _REGISTRY:
+        raise RuleError(f"unknown init rule {name!r}; valid rules: {', '.join(list_rules())}")
+    factory = _REGISTRY[name]
+    if dataclasses.is_dataclass(factory):
+        fields = {f.name: f for f in dataclasses.fields(factory) if f.init}
+        unknown = sorted(set(params) - set(fields))
+        if unknown:
+            valid = ", ".join(fields) or "(none)"
+            raise RuleError(f"rule {name!r} has no key {', '.join(map(repr, unknown))}; valid keys: {valid}")
+        params = {k: _coerce(name, fields[k], v) for k, v in params.items()}
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise RuleError(f"rule {name!r}: {exc}") from None
+
+
+def get_rule(spec: str | Mapping[str, Any] | InitRule) -> InitRule:
+    """Turn a rule spec into an `InitRule`.
+
+    Args:
+        spec (`str | dict | InitRule`): ``"kaiming"``, ``"normal:std=0.02"``,
+            ``"optimal:report=model_cards/run,fallback=kaiming"``, ``{"name": "xavier", "dist": "uniform"}``,
+            or a rule instance (returned as is).
+
+    Raises:
+        RuleError: unknown name or key, or an invalid value; the message lists the valid choices.
+    """
+    if isinstance(spec, InitRule):
+        return spec
+    if isinstance(spec, Mapping):
+        params = dict(spec)
+        name = params.pop("name", None)
+        if not isinstance(name, str):
+            raise RuleError(f"rule dict {dict(spec)!r} needs a 'name' key; valid rules: {', '.join(list_rules())}")
+        return build_rule(name, params)
+    name, params = parse_spec(spec)
+    return build_rule(name, params)
+
+
+for _rule in (HFRule, NormalRule, TruncNormalRule, XavierRule, KaimingRule, LecunRule, GPT2Rule):
+    register_rule(_rule.name, _rule)
+
+__all__ = [
+    "Init",
+    "InitRule",
+    "ModelContext",
+    "get_rule",
+    "list_rules",
+    "register_rule",
+]

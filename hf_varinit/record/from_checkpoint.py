@@ -1,0 +1,144 @@
+"""Variance statistics of a trained checkpoint, read tensor by tensor without building the model.
+
+A fully trained model *is* a steady state: its weights give V(W) per layer and per Q/K/V slice with no
+training. The checkpoint's ``config.json`` gives the roles (a model built on the meta device: no
+memory), and each tracked tensor is read alone with ``safe_open``, so peak memory is bounded by the
+largest tensor, not by the checkpoint. Pickle-based weights (``.bin``, ``.pt``) are refused, never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig
+
+from hf_varinit.errors import HFVarInitError, ReportError
+from hf_varinit.init.patch import from_config, init_plan
+from hf_varinit.init.roles import num_layers, tracked_roles
+from hf_varinit.record.stats_file import VarianceStats
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def resolve_checkpoint(source: str | os.PathLike) -> Path:
+    """A local ``save_pretrained`` folder, or a hub id downloaded (config and safetensors only)."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ReportError(f"{source}: expected a save_pretrained folder (config.json + *.safetensors), got a file")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as exc:  # offline, unknown repo, auth: one clear message
+        raise ReportError(
+            f"{source!r} is not a local folder and could not be fetched from the hub ({type(exc).__name__}: "
+            f"{exc}); pass a local save_pretrained folder or go online"
+        ) from None
+
+
+def weight_map(folder: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file of a single-file or sharded checkpoint."""
+    if (folder / INDEX_FILE).is_file():
+        try:
+            index = json.loads((folder / INDEX_FILE).read_text())
+            return {name: folder / file for name, file in index["weight_map"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ReportError(f"{folder / INDEX_FILE}: not a valid safetensors index ({exc})") from None
+    if (folder / SINGLE_FILE).is_file():
+        with safe_open(folder / SINGLE_FILE, framework="np") as f:
+            return {name: folder / SINGLE_FILE for name in f.keys()}
+    pickled = sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    hint = f" (found {', '.join(pickled)}: pickle-based weights are never loaded; re-save with " \
+           "save_pretrained(safe_serialization=True))" if pickled else ""
+    raise ReportError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}{hint}")
+
+
+class _TensorReader:
+    """Reads one tensor at a time, keeping only the last one (Q/K/V slices share their fused tensor)."""
+
+    def __init__(self, files: dict[str, Path]):
+        self.files = files
+        self._name: str | None = None
+        self._tensor: torch.Tensor | None = None
+
+    def get(self, name: str) -> torch.Tensor:
+        if name != self._name:
+            self._tensor = None  # drop the previous tensor before reading the next
+            path = self.files[name]
+            try:
+                with safe_open(path, framework="np") as f:
+                    self._tensor = torch.from_numpy(f.get_tensor(name))
+            except TypeError:  # bfloat16 has no numpy dtype
+                with safe_open(path, framework="pt") as f:
+                    self._tensor = f.get_tensor(name)
+            self._name = name
+        return self._tensor
+
+
+def _match(name: str, files: dict[str, Path], prefix: str) -> str | None:
+    if name in files:
+        return name
+    if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1 :] in files:
+        return name[len(prefix) + 1 :]
+    if prefix and f"{prefix}.{name}" in files:
+        return f"{prefix}.{name}"
+    return None
+
+
+def stats_from_checkpoint(source: str | os.PathLike) -> VarianceStats:
+    """Mean, variance and second moment of every tracked tensor / slice of a checkpoint (one record).
+
+    Args:
+        source: a ``save_pretrained`` folder (single or sharded safetensors) or a hub id.
+    """
+    folder = resolve_checkpoint(source)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{source}: cannot read config.json ({exc})") from None
+    files = weight_map(folder)
+    with torch.device("meta"):  # roles and shapes only
+        model = from_config(config, "hf")
+    prefix = getattr(model, "base_model_prefix", "")
+    reader = _TensorReader(files)
+    rule = getattr(config, "varinit_rule", None)
+    init_std = {}
+    if rule:
+        try:
+            init_std = {row.key: row.std for row in init_plan(model, rule)}
+        except (HFVarInitError, OSError) as exc:  # e.g. an optimal rule whose report is not at hand
+            warnings.warn(f"init std of the checkpoint's rule {rule!r} unknown ({exc})", stacklevel=2)
+            init_std = {}
+    rows, tracked, absent = [], [], []
+    for entry, _ in tracked_roles(model):
+        name = _match(entry.name, files, prefix)
+        if name is None:
+            absent.append(entry.name)  # e.g. a head the checkpoint does not have
+            continue
+        tensor = entry.view(reader.get(name))
+        var, mean = torch.var_mean(tensor.float(), correction=0)
+        rows.append((float(var), float(mean)))
+        tracked.append({"key": entry.key, "name": name, "role": entry.role, "layer": entry.layer,
+                        "slice": str(entry.slice) if entry.slice else None, "fan_in": entry.fan_in,
+                        "fan_out": entry.fan_out, "numel": tensor.numel(), "init_std": init_std.get(entry.key)})
+    if not rows:
+        raise ReportError(f"{source}: none of the model's tracked tensors were found in the checkpoint")
+    var = np.array([[r[0] for r in rows]], dtype=np.float32)
+    mean = np.array([[r[1] for r in rows]], dtype=np.float32)
+    metadata = {
+        "format": "hf_varinit.variance", "format_version": 1, "model_type": config.model_type,
+        "config": json.loads(config.to_json_string(use_diff=False)), "n_layer": num_layers(config),
+        "rule": rule, "source": "checkpoint", "checkpoint": str(source), "absent_tensors": absent,
+    }
+    return VarianceStats(step=np.zeros(1, dtype=np.int64), mean=mean, var=var,
+                         second_moment=(var.astype(np.float64) + mean.astype(np.float64) ** 2).astype(np.float32),
+                         tracked=tracked, metadata=metadata, path=None)

@@ -1,0 +1,164 @@
+"""PNG plots of a :class:`~hf_varinit.report.report.VarianceReport` (matplotlib, Agg canvas, no display).
+
+* ``qkv_variance.png``: one panel per role (Q, K, V when present), variance vs step, one line per layer
+  coloured by depth, with a colorbar. Needs the record (``report.stats``); skipped without it.
+* ``equilibration.png``: equilibration step vs depth, one line per role.
+* ``steady_state_vs_depth.png``: V(W) vs depth per role, the init variance as dashed lines; tensors
+  that are not stationary are drawn as hollow markers.
+
+Models without Q/K/V (e.g. the MLP with role ``linear``) get their own layered roles plotted instead.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hf_varinit.io_utils import atomic_path
+
+if TYPE_CHECKING:
+    from hf_varinit.report.report import KeyAnalysis, VarianceReport
+
+__all__ = ["PLOT_FILES", "display_roles", "role_keys", "write_plots"]
+
+PLOT_FILES = ("qkv_variance.png", "equilibration.png", "steady_state_vs_depth.png")
+QKV = ("q", "k", "v")
+_ROLE_TITLES = {"q": "Q", "k": "K", "v": "V"}
+
+
+def display_roles(tensors: dict[str, KeyAnalysis]) -> list[str]:
+    """Roles to show: q/k/v if any is tracked per layer, else every per-layer role, else every role."""
+    layered = list(dict.fromkeys(a.role for a in tensors.values() if a.layer is not None and a.role))
+    if any(r in QKV for r in layered):
+        return [r for r in QKV if r in layered]
+    if layered:
+        return layered
+    return list(dict.fromkeys(a.role or a.key for a in tensors.values()))
+
+
+def role_keys(tensors: dict[str, KeyAnalysis], role: str) -> list[tuple[int, str]]:
+    """``[(depth, key)]`` for ``role`` sorted by depth; tensors without a layer use their order."""
+    rows = [a for a in tensors.values() if (a.role or a.key) == role]
+    if all(a.layer is not None for a in rows):
+        return sorted((a.layer, a.key) for a in rows)  # type: ignore[misc]
+    return list(enumerate(a.key for a in rows))
+
+
+def _figure(ncols: int, width: float = 4.2, height: float = 3.4) -> tuple[Any, list[Any]]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols + 1.0, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _integer_depth(axis: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _save(fig: Any, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
+
+
+def _positive(values: list[float]) -> bool:
+    return bool(values) and all(v is not None and math.isfinite(v) and v > 0 for v in values)
+
+
+def plot_variance_curves(report: VarianceReport, path: Path) -> Path | None:
+    """``qkv_variance.png``: variance vs step per role; None when the report has no record."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    stats = report.stats
+    if stats is None or len(stats) == 0:
+        return None
+    roles = display_roles(report.tensors)
+    depths = [d for r in roles for d, _ in role_keys(report.tensors, r)] or [0]
+    norm = Normalize(vmin=min(depths), vmax=max(max(depths), min(depths) + 1))
+    cmap = colormaps["viridis"]
+    fig, axes = _figure(len(roles))
+    steps = stats.step
+    for ax, role in zip(axes, roles):
+        all_vals: list[float] = []
+        for depth, key in role_keys(report.tensors, role):
+            series = stats.series(key, "var")
+            all_vals.extend(float(v) for v in series)
+            ax.plot(steps, series, color=cmap(norm(depth)), lw=1.2)
+        if _positive(all_vals):
+            ax.set_yscale("log")
+        ax.set_title(f"{_ROLE_TITLES.get(role, role)} weight variance")
+        ax.set_xlabel("step")
+        ax.set_ylabel("Var(W)")
+        ax.grid(alpha=0.3)
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="layer (depth)")
+    _integer_depth(cbar.ax.yaxis)
+    return _save(fig, path)
+
+
+def plot_equilibration(report: VarianceReport, path: Path) -> Path:
+    """``equilibration.png``: equilibration step vs depth, one line per role."""
+    fig, (ax,) = _figure(1, width=5.5)
+    never = 0
+    for role in display_roles(report.tensors):
+        rows = [(d, report.tensors[k].equilibration_step) for d, k in role_keys(report.tensors, role)]
+        never += sum(s is None for _, s in rows)
+        pts = [(d, s) for d, s in rows if s is not None]
+        ax.plot([d for d, _ in pts], [s for _, s in pts], marker="o", label=_ROLE_TITLES.get(role, role))
+    title = f"Equilibration step (band ±{report.options.band:g})"
+    ax.set_title(title + (f"; {never} never equilibrated" if never else ""))
+    ax.set_xlabel("layer (depth)")
+    _integer_depth(ax.xaxis)
+    ax.set_ylabel("step")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_steady_state(report: VarianceReport, path: Path) -> Path:
+    """``steady_state_vs_depth.png``: V(W) vs depth per role against the init variance (dashed)."""
+    fig, (ax,) = _figure(1, width=5.5)
+    values: list[float] = []
+    for i, role in enumerate(display_roles(report.tensors)):
+        color = f"C{i % 10}"
+        rows = [(d, report.tensors[k]) for d, k in role_keys(report.tensors, role)]
+        rows = [(d, a) for d, a in rows if a.v_w is not None and math.isfinite(a.v_w)]
+        label = _ROLE_TITLES.get(role, role)
+        ax.plot([d for d, _ in rows], [a.v_w for _, a in rows], color=color, marker="o",
+                label=f"{label} V(W)")
+        hollow = [(d, a.v_w) for d, a in rows if not a.stationary]
+        if hollow:
+            ax.scatter(*zip(*hollow), s=80, facecolors="white", edgecolors=color, zorder=3)
+        init = [(d, a.init_var) for d, a in rows if a.init_var is not None and math.isfinite(a.init_var)]
+        if init:
+            ax.plot(*zip(*init), color=color, ls="--", lw=1.0, label=f"{label} init variance")
+        values += [a.v_w for _, a in rows] + [v for _, v in init]  # type: ignore[misc]
+    if _positive(values):
+        ax.set_yscale("log")
+    ax.set_title("Steady-state V(W) vs depth (hollow: not stationary)")
+    ax.set_xlabel("layer (depth)")
+    _integer_depth(ax.xaxis)
+    ax.set_ylabel("E[W^2]")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def write_plots(report: VarianceReport, folder: str | Path) -> list[Path]:
+    """Write the report's PNGs into ``folder`` (atomically); returns the files written."""
+    folder = Path(folder)
+    written = [
+        plot_variance_curves(report, folder / PLOT_FILES[0]),
+        plot_equilibration(report, folder / PLOT_FILES[1]),
+        plot_steady_state(report, folder / PLOT_FILES[2]),
+    ]
+    return [p for p in written if p is not None]

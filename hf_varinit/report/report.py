@@ -1,0 +1,399 @@
+"""Shareable variance reports: a run's steady-state V(W) as a folder (model card, JSON, plots) or hub repo.
+
+The analysis itself (definitions and tolerances) lives in `hf_varinit.report.steady_state`.
+
+Example:
+    >>> report = VarianceReport.from_stats("runs/gpt2/variance.safetensors")  # doctest: +SKIP
+    >>> report.save("reports/gpt2")  # doctest: +SKIP
+    >>> VarianceReport.load("reports/gpt2").variances()["layers.0.q"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hf_varinit.errors import ReportError, StatsError
+from hf_varinit.io_utils import atomic_write_json, atomic_write_text
+from hf_varinit.record.stats_file import STATS_FILENAME, VarianceStats, load_stats, save_stats
+from hf_varinit.report.steady_state import AnalysisOptions, KeyAnalysis, analyze, analyze_series, layer_equilibration
+
+__all__ = ["AnalysisOptions", "KeyAnalysis", "VarianceReport", "analyze", "analyze_series", "main_report"]
+
+STEADY_FORMAT = "hf_varinit.report.steady_state"
+STEADY_VERSION = 1
+STEADY_FILENAME = "steady_state.json"
+CARD_FILENAME = "README.md"
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return env in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class VarianceReport:
+    """Steady-state variances of a training run, with plots and a model card; shareable on the hub.
+
+    Attributes:
+        tensors (`dict[str, KeyAnalysis]`): per tracked key.
+        model_type (`str`), n_layer (`int` or `None`), config (`dict`), rule (`str` or `None`).
+        options (`AnalysisOptions`), stats (`VarianceStats` or `None`), metadata (`dict`): run metadata.
+    """
+
+    def __init__(
+        self, tensors: dict[str, KeyAnalysis], *, options: AnalysisOptions, model_type: str | None,
+        n_layer: int | None, config: dict, rule: str | None, metadata: dict | None = None,
+        stats: VarianceStats | None = None, title: str | None = None, datasets: list[str] | None = None,
+        origin: str | None = None,
+    ) -> None:
+        self.tensors = tensors
+        self.options = options
+        self.model_type = model_type or "unknown"
+        self.n_layer = n_layer
+        self.config = dict(config)
+        self.rule = rule
+        self.metadata = dict(metadata or {})
+        self.stats = stats
+        self.title = title
+        self.datasets = list(datasets) if datasets else _datasets_from(self.metadata)
+        self.origin = origin
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_stats(
+        cls, stats_or_path: VarianceStats | str | os.PathLike[str], options: AnalysisOptions | None = None,
+        *, title: str | None = None, datasets: list[str] | None = None,
+    ) -> VarianceReport:
+        """Analyse a record (a :class:`VarianceStats` or a path to ``variance.safetensors``)."""
+        stats = stats_or_path if isinstance(stats_or_path, VarianceStats) else load_stats(stats_or_path)
+        opts = options or AnalysisOptions()
+        return cls(
+            analyze(stats, opts), options=opts, model_type=stats.model_type, n_layer=stats.n_layer,
+            config=stats.config, rule=stats.rule, metadata=stats.metadata, stats=stats, title=title,
+            datasets=datasets, origin=str(stats.path) if stats.path else None,
+        )
+
+    @classmethod
+    def load(cls, source: str | os.PathLike[str]) -> VarianceReport:
+        """Load a report: a folder, a ``steady_state.json``, a ``variance.safetensors`` or a hub repo id.
+
+        Raises:
+            ReportError: missing or malformed files, a V(W) that is not finite and > 0, a pickle file,
+                or a hub id while the hub is unreachable.
+        """
+        path = Path(source)
+        if path.is_dir():
+            if (path / STEADY_FILENAME).is_file():
+                return cls._from_json(path / STEADY_FILENAME)
+            if (path / STATS_FILENAME).is_file():
+                return cls._from_safetensors(path / STATS_FILENAME)
+            raise ReportError(f"{path}: not a variance report (no {STEADY_FILENAME} or {STATS_FILENAME})")
+        if path.is_file():
+            if path.suffix == ".json":
+                return cls._from_json(path)
+            if path.suffix == ".safetensors":
+                return cls._from_safetensors(path)
+            raise ReportError(f"{path}: not a report file; expected a folder, {STEADY_FILENAME} or "
+                              f"{STATS_FILENAME} (pickle and other formats are never loaded)")
+        return cls._from_hub(str(source))
+
+    @classmethod
+    def _from_safetensors(cls, path: Path) -> VarianceReport:
+        try:
+            report = cls.from_stats(path)
+        except StatsError as exc:
+            raise ReportError(f"cannot load report: {exc}") from exc
+        _validate_v_w(report.tensors, str(path))
+        return report
+
+    @classmethod
+    def _from_json(cls, path: Path) -> VarianceReport:
+        try:
+            doc = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ReportError(f"{path}: cannot read {STEADY_FILENAME}: {exc}") from exc
+        try:
+            fields = _parse_steady_state(doc)
+        except ReportError as exc:
+            raise ReportError(f"{path}: {exc}") from None
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            raise ReportError(f"{path}: malformed {STEADY_FILENAME}: {type(exc).__name__}: {exc}") from exc
+        _validate_v_w(fields["tensors"], str(path))
+        stats = None
+        if (path.parent / STATS_FILENAME).is_file():
+            try:
+                stats = load_stats(path.parent / STATS_FILENAME)
+            except StatsError as exc:
+                raise ReportError(f"{path.parent}: the report's statistics are unreadable: {exc}") from exc
+        return cls(**fields, stats=stats, origin=str(path.parent if path.name == STEADY_FILENAME else path))
+
+    @classmethod
+    def _from_hub(cls, repo_id: str) -> VarianceReport:
+        if not _REPO_ID.match(repo_id) or repo_id.count("/") > 1:
+            raise ReportError(f"{repo_id!r}: no such file or folder, and not a hub repo id")
+        if _hub_offline():
+            raise ReportError(f"{repo_id!r} is not a local path and the hub is unreachable "
+                              "(HF_HUB_OFFLINE=1); download the report folder and pass its path")
+        from huggingface_hub import snapshot_download
+
+        try:
+            local = snapshot_download(
+                repo_id, allow_patterns=[STEADY_FILENAME, STATS_FILENAME, CARD_FILENAME])
+        except Exception as exc:  # offline, missing repo, auth...
+            raise ReportError(f"{repo_id!r} is not a local path and could not be downloaded from the hub: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        report = cls.load(local)
+        report.origin = repo_id
+        return report
+
+    # --- queries ------------------------------------------------------------------------------
+    def variances(self, nonstationary: str = "last") -> dict[str, float]:
+        """``{key: V(W)}``.
+
+        Args:
+            nonstationary (`str`): what to do with tensors that never settled: ``"last"`` keep their
+                last recorded value, ``"skip"`` drop them, ``"error"`` raise ReportError listing them.
+        """
+        if nonstationary not in ("last", "skip", "error"):
+            raise ReportError(f"nonstationary={nonstationary!r}; choose 'last', 'skip' or 'error'")
+        bad = [k for k, a in self.tensors.items() if not a.stationary]
+        if bad and nonstationary == "error":
+            raise ReportError(f"{self.source_description}: not stationary: {bad}; use nonstationary='last' "
+                              "or 'skip', or record a longer run")
+        return {k: float(a.v_w) for k, a in self.tensors.items()
+                if a.v_w is not None and (a.stationary or nonstationary == "last")}
+
+    @property
+    def layers(self) -> dict[int, int | None]:
+        """``{layer: equilibration step}`` (the latest over the layer's tensors)."""
+        return layer_equilibration(self.tensors)
+
+    @property
+    def nonstationary_keys(self) -> list[str]:
+        return [k for k, a in self.tensors.items() if not a.stationary]
+
+    @property
+    def source_description(self) -> str:
+        """One line saying where this report comes from, for error messages and logs."""
+        parts = [self.model_type]
+        if self.n_layer is not None:
+            parts.append(f"{self.n_layer} layers")
+        if self.rule:
+            parts.append(f"rule {self.rule!r}")
+        if self.stats is not None and len(self.stats):
+            parts.append(f"steps {int(self.stats.step[0])}-{int(self.stats.step[-1])}")
+        if self.metadata.get("source") == "checkpoint":
+            parts.append("measured from final weights")
+        where = f" from {self.origin}" if self.origin else ""
+        return f"variance report{where} ({', '.join(parts)})"
+
+    def to_markdown_table(self) -> str:
+        """Per-layer markdown table: layer, V(W) per role, stationary?, equilibration step."""
+        from hf_varinit.report.card import layer_table
+
+        return layer_table(self)
+
+    def to_steady_state(self) -> dict:
+        """The ``steady_state.json`` document."""
+        return {
+            "format": STEADY_FORMAT, "format_version": STEADY_VERSION, "model_type": self.model_type,
+            "n_layer": self.n_layer, "config": self.config, "rule": self.rule,
+            "options": dataclasses.asdict(self.options),
+            "source": self.metadata.get("source"), "datasets": self.datasets, "title": self.title,
+            "tensors": {k: a.to_dict() for k, a in self.tensors.items()},
+            "layers": {str(layer): {"equilibration_step": s} for layer, s in self.layers.items()},
+        }
+
+    # --- writing ------------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike[str], *, reference: str | None = None) -> Path:
+        """Write the report folder; returns it.
+
+        Files: ``README.md`` (model card), ``steady_state.json``, ``variance.safetensors`` (when the
+        record is known), ``qkv_variance.png``, ``equilibration.png``, ``steady_state_vs_depth.png``.
+        Everything is written into a temporary folder first; a new folder is renamed into place, an
+        existing one gets each file replaced atomically (other files in it are left alone).
+
+        Args:
+            folder (`str` or `os.PathLike`): destination folder.
+            reference (`str`, *optional*): what the card's snippet passes as ``report=`` (default: folder).
+        """
+        dest = Path(folder)
+        if dest.exists() and not dest.is_dir():
+            raise ReportError(f"{dest} exists and is not a folder; choose a folder for the report")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        try:
+            self._write_files(tmp, reference or str(dest))
+            if not dest.exists():
+                try:
+                    os.replace(tmp, dest)
+                    return dest
+                except OSError:  # created concurrently: fall through to per-file replacement
+                    pass
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, dest / f.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+
+    def _write_files(self, folder: Path, reference: str) -> None:
+        from hf_varinit.report.card import build_card
+        from hf_varinit.report.plots import write_plots
+
+        if self.stats is not None:
+            s = self.stats
+            save_stats(folder / STATS_FILENAME, step=s.step, mean=s.mean, var=s.var,
+                       second_moment=s.second_moment, tracked=s.tracked, metadata=s.metadata)
+        atomic_write_json(folder / STEADY_FILENAME, self.to_steady_state())
+        write_plots(self, folder)
+        atomic_write_text(folder / CARD_FILENAME, str(build_card(self, reference)))
+
+    def push_to_hub(
+        self, repo_id: str, *, token: str | None = None, private: bool = False,
+        commit_message: str | None = None, _folder: Path | None = None,
+    ) -> str:
+        """Upload the report to a hub model repo (created if needed); returns the repo URL.
+
+        Raises:
+            ReportError: offline, unauthenticated or any network failure (nothing partial is left).
+        """
+        where = (f"the report was written to {_folder}; push later with `hf upload {repo_id} {_folder}`"
+                 if _folder else "save it with report.save(folder) and push later with "
+                 f"`hf upload {repo_id} <folder>`")
+        if _hub_offline():
+            raise ReportError(f"could not push to {repo_id}: offline (HF_HUB_OFFLINE=1); {where}")
+        from huggingface_hub import HfApi
+
+        tmp = None
+        try:
+            if _folder is None:
+                tmp = tempfile.mkdtemp(prefix="hf_varinit_report_")
+                self.save(Path(tmp) / "report", reference=repo_id)
+            api = HfApi(token=token)
+            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            api.upload_folder(
+                repo_id=repo_id, folder_path=_folder or Path(tmp) / "report", repo_type="model",
+                commit_message=commit_message or f"Upload hf_varinit variance report ({self.model_type})",
+            )
+        except ReportError:
+            raise
+        except Exception as exc:  # network, auth, offline mode, validation...
+            raise ReportError(f"could not push to {repo_id}: {type(exc).__name__}: {exc}; {where}") from exc
+        finally:
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return str(url)
+
+    def save_and_push(self, folder: str | os.PathLike[str], repo_id: str, **kwargs: Any) -> str:
+        """Write ``folder`` first (its card pointing at ``repo_id``), then push it; returns the repo URL."""
+        dest = self.save(folder, reference=repo_id)
+        return self.push_to_hub(repo_id, _folder=dest, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"VarianceReport({self.source_description}, {len(self.tensors)} tensors)"
+
+
+def _validate_v_w(tensors: dict[str, KeyAnalysis], where: str) -> None:
+    for key, a in tensors.items():
+        v = a.v_w
+        if v is None or not math.isfinite(v) or v <= 0:
+            raise ReportError(f"{where}: tensor {key!r} has V(W) = {v!r}; every v_w must be finite and > 0 "
+                              "(a diverged or empty record cannot define an init)")
+
+
+def _opt(d: dict, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
+    """``d[name]`` if of one of ``kinds`` (bools are not numbers), or None/default when absent."""
+    value = d.get(name, default)
+    if value is None or (isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
+        return value
+    raise ReportError(f"field {name!r} = {value!r} should be {' or '.join(k.__name__ for k in kinds)}")
+
+
+def _parse_steady_state(doc: Any) -> dict[str, Any]:
+    """Validate a steady_state.json document; returns VarianceReport constructor arguments."""
+    if not isinstance(doc, dict):
+        raise ReportError(f"{STEADY_FILENAME} must hold a JSON object, got {type(doc).__name__}")
+    if doc.get("format") != STEADY_FORMAT:
+        raise ReportError(f"wrong format {doc.get('format')!r}; expected {STEADY_FORMAT!r}")
+    if doc.get("format_version") not in (STEADY_VERSION, str(STEADY_VERSION)):
+        raise ReportError(f"unsupported format_version {doc.get('format_version')!r}; "
+                          f"expected {STEADY_VERSION}")
+    raw = doc.get("tensors")
+    if not isinstance(raw, dict) or not raw:
+        raise ReportError("'tensors' must be a non-empty object of key -> analysis")
+    num = (int, float)
+    tensors = {}
+    for key, t in raw.items():
+        if not isinstance(t, dict):
+            raise ReportError(f"tensor {key!r}: expected an object, got {type(t).__name__}")
+        window = t.get("window")
+        if window is not None and not (isinstance(window, list) and len(window) == 2
+                                       and all(type(w) is int for w in window)):
+            raise ReportError(f"tensor {key!r}: window {window!r} should be [start_step, end_step]")
+        v_w = _opt(t, "v_w", num)
+        tensors[key] = KeyAnalysis(
+            key=key, role=_opt(t, "role", (str,)), layer=_opt(t, "layer", (int,)),
+            stationary=_opt(t, "stationary", (bool,), False), v_w=None if v_w is None else float(v_w),
+            window=tuple(window) if window else None, spread=_opt(t, "spread", num),
+            drift=_opt(t, "drift", num), equilibration_step=_opt(t, "equilibration_step", (int,)),
+            band=_opt(t, "band", num, 0.10), init_var=_opt(t, "init_var", num),
+            ratio=_opt(t, "ratio", num), reason=_opt(t, "reason", (str,)),
+        )
+    config = doc.get("config") or {}
+    if not isinstance(config, dict):
+        raise ReportError(f"'config' should be an object, got {type(config).__name__}")
+    datasets = doc.get("datasets")
+    return dict(
+        tensors=tensors, options=AnalysisOptions.from_dict(doc.get("options") or {}),
+        model_type=_opt(doc, "model_type", (str,)), n_layer=_opt(doc, "n_layer", (int,)), config=config,
+        rule=_opt(doc, "rule", (str,)), metadata={"source": doc.get("source")} if doc.get("source") else {},
+        title=_opt(doc, "title", (str,)),
+        datasets=[d for d in datasets if isinstance(d, str)] if isinstance(datasets, list) else None,
+    )
+
+
+def _datasets_from(metadata: dict) -> list[str]:
+    ds = metadata.get("dataset")
+    if isinstance(ds, str) and ds:
+        return [ds]
+    if isinstance(ds, list):
+        return [d for d in ds if isinstance(d, str)]
+    return []
+
+
+def main_report(
+    stats: VarianceStats | str | os.PathLike[str], output: str | os.PathLike[str], push_to_hub: str | None = None,
+    options: AnalysisOptions | None = None,
+) -> Path:
+    """``hf-varinit report``: analyse ``stats`` (a record or a path), write the folder ``output``, optionally push it.
+
+    Offline, the push fails with a `ReportError` after the folder is written, and the message says where it is.
+    """
+    try:
+        report = VarianceReport.from_stats(stats, options)
+    except StatsError as exc:
+        raise ReportError(f"cannot build a report: {exc}") from exc
+    folder = report.save(output, reference=push_to_hub)
+    print(f"variance report written to {folder}/")
+    for f in sorted(folder.iterdir()):
+        print(f"  {f.name}")
+    if report.nonstationary_keys:
+        keys = report.nonstationary_keys
+        print(f"not stationary ({len(keys)}): {', '.join(keys)}")
+    if push_to_hub:
+        url = report.push_to_hub(push_to_hub, _folder=folder)
+        print(f"pushed to {url}")
+    return folder

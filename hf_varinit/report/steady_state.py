@@ -1,0 +1,198 @@
+"""Steady-state analysis of a variance record: V(W), drift, spread and equilibration.
+
+Definitions (tolerances are fields of :class:`AnalysisOptions`):
+
+* **Trailing window**: the last ``n_w = max(min_window, ceil(window_fraction * S))`` records of a
+  series of ``S`` records (capped at ``S``).
+* **Drift** of the window: ``|slope * (t_end - t_start)| / |mean|`` where ``slope`` is the
+  least-squares line of the statistic against the step over the window and ``mean`` its window mean:
+  the relative change the fitted trend makes across the window. (Chosen over a half-window difference
+  because it uses every point, so it is less sensitive to noise.)
+* **Stationary**: ``S >= min_window``, every value in the window finite, and ``drift < drift_tol``.
+* **V(W)**: the window mean of ``options.stat`` (``second_moment`` by default, E[W^2]) when stationary.
+  When not stationary, ``v_w`` is the **last recorded value**, ``stationary=False`` and ``reason`` says
+  why; it is never silently averaged.
+* **Spread**: the window's std / mean (relative).
+* **Equilibration step** of a tensor: the first recorded step after which ``var`` stays within
+  ``±band`` (relative) of its window mean through the end of the record; ``None`` if it never does or
+  the series is not stationary. Of a layer: the max over the layer's tensors (``None`` if any is None).
+* **Ratio**: ``v_w / init_var``; ``init_var = init_std**2`` from the tracked metadata when known, else
+  the first recorded value of ``options.stat``.
+* **Checkpoints**: a record made from a trained checkpoint (metadata ``source == "checkpoint"``) has
+  one record of final weights; it is taken as the steady state (V(W) = its second moment), and the
+  report says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from hf_varinit.errors import ReportError
+from hf_varinit.record.stats_file import STAT_NAMES, VarianceStats
+
+__all__ = ["AnalysisOptions", "KeyAnalysis", "analyze", "analyze_series", "layer_equilibration"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisOptions:
+    """Tolerances of the steady-state analysis (see the module docstring for the definitions)."""
+
+    window_fraction: float = dataclasses.field(
+        default=0.25, metadata={"help": "trailing window as a fraction of the records"})
+    min_window: int = dataclasses.field(
+        default=5, metadata={"help": "fewest records in the window; fewer records in all = not stationary"})
+    drift_tol: float = dataclasses.field(
+        default=0.05, metadata={"help": "largest relative drift of the fitted trend across the window"})
+    band: float = dataclasses.field(
+        default=0.10, metadata={"help": "relative band around the steady value for equilibration"})
+    stat: str = dataclasses.field(
+        default="second_moment", metadata={"help": "statistic giving V(W): second_moment, var or mean"})
+
+    def __post_init__(self) -> None:
+        checks = [
+            (isinstance(self.window_fraction, (int, float)) and 0 < self.window_fraction <= 1,
+             "window_fraction", "a number in (0, 1]"),
+            (type(self.min_window) is int and self.min_window >= 2, "min_window", "an integer >= 2"),
+            (isinstance(self.drift_tol, (int, float)) and self.drift_tol > 0, "drift_tol", "a number > 0"),
+            (isinstance(self.band, (int, float)) and self.band > 0, "band", "a number > 0"),
+            (self.stat in STAT_NAMES, "stat", f"one of {list(STAT_NAMES)}"),
+        ]
+        for ok, name, valid in checks:
+            if not ok:
+                raise ReportError(f"AnalysisOptions.{name}={getattr(self, name)!r} is invalid; use {valid}")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> AnalysisOptions:
+        if not isinstance(data, dict):
+            raise ReportError(f"analysis options must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ReportError(f"unknown analysis option(s) {unknown}; valid: {sorted(names)}")
+        return cls(**data)
+
+
+@dataclasses.dataclass
+class KeyAnalysis:
+    """Steady-state analysis of one tracked tensor (or slice)."""
+
+    key: str
+    role: str | None
+    layer: int | None
+    stationary: bool
+    v_w: float | None
+    window: tuple[int, int] | None
+    spread: float | None
+    drift: float | None
+    equilibration_step: int | None
+    band: float
+    init_var: float | None
+    ratio: float | None
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (non-finite floats become None)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "key"}
+        out["window"] = list(self.window) if self.window is not None else None
+        return {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def analyze_series(
+    step: np.ndarray, values: np.ndarray, var: np.ndarray | None = None,
+    options: AnalysisOptions | None = None,
+) -> dict[str, Any]:
+    """Analyse one series: returns ``stationary, v_w, window, spread, drift, equilibration_step, reason``.
+
+    Args:
+        step (`np.ndarray`): [S] recorded steps.
+        values (`np.ndarray`): [S] the statistic giving V(W) (``options.stat``).
+        var (`np.ndarray`, *optional*): [S] the variance used for equilibration (defaults to ``values``).
+    """
+    opts = options or AnalysisOptions()
+    step = np.asarray(step, dtype=np.float64)
+    x = np.asarray(values, dtype=np.float64)
+    v = x if var is None else np.asarray(var, dtype=np.float64)
+    n = x.shape[0]
+    out: dict[str, Any] = dict(stationary=False, v_w=None, window=None, spread=None, drift=None,
+                               equilibration_step=None, reason=None)
+    if n == 0:
+        out["reason"] = "no records"
+        return out
+    n_w = min(n, max(opts.min_window, math.ceil(opts.window_fraction * n)))
+    ws, wx = step[-n_w:], x[-n_w:]
+    out["window"] = (int(ws[0]), int(ws[-1]))
+    finite = bool(np.all(np.isfinite(wx)))
+    if finite:
+        mean = float(wx.mean())
+        out["spread"] = float(wx.std() / abs(mean)) if mean != 0 else math.inf
+        if n_w >= 2 and ws[-1] > ws[0]:
+            slope = float(np.polyfit(ws, wx, 1)[0])
+            change = abs(slope * (ws[-1] - ws[0]))
+            out["drift"] = change / abs(mean) if mean != 0 else (0.0 if change == 0 else math.inf)
+    if n < opts.min_window:
+        out["reason"] = f"too few records ({n} < min_window={opts.min_window})"
+    elif not finite:
+        out["reason"] = "non-finite values in the trailing window"
+    elif out["drift"] is None or not out["drift"] < opts.drift_tol:
+        out["reason"] = f"drift {out['drift']:.3g} over the trailing window >= drift_tol={opts.drift_tol}"
+    else:
+        out["stationary"] = True
+    if not out["stationary"]:
+        out["v_w"] = float(x[-1])
+        return out
+    out["v_w"] = float(wx.mean())
+    steady_var = float(v[-n_w:].mean())
+    inside = np.abs(v - steady_var) <= opts.band * abs(steady_var)
+    outside = np.flatnonzero(~inside)
+    first = 0 if outside.size == 0 else int(outside[-1]) + 1
+    if first < n:
+        out["equilibration_step"] = int(step[first])
+    else:
+        out["reason"] = f"last record is outside the ±{opts.band:g} band"
+    return out
+
+
+def analyze(stats: VarianceStats, options: AnalysisOptions | None = None) -> dict[str, KeyAnalysis]:
+    """Analyse every tracked tensor of ``stats``; returns ``{key: KeyAnalysis}`` in column order."""
+    opts = options or AnalysisOptions()
+    result: dict[str, KeyAnalysis] = {}
+    from_checkpoint = stats.metadata.get("source") == "checkpoint"
+    for j, info in enumerate(stats.tracked):
+        values, var = getattr(stats, opts.stat)[:, j], stats.var[:, j]
+        if from_checkpoint:
+            a = dict(stationary=True, v_w=float(values[-1]), window=(int(stats.step[-1]),) * 2, spread=0.0,
+                     drift=0.0, equilibration_step=None, reason="measured from final weights (checkpoint)")
+        else:
+            a = analyze_series(stats.step, values, var, opts)
+        init_std = info.get("init_std")
+        if isinstance(init_std, (int, float)) and not isinstance(init_std, bool) and math.isfinite(init_std):
+            init_var = float(init_std) ** 2
+        else:
+            init_var = float(values[0]) if len(values) and math.isfinite(values[0]) else None
+        ratio = a["v_w"] / init_var if a["v_w"] is not None and init_var else None
+        layer = info.get("layer")
+        result[info["key"]] = KeyAnalysis(
+            key=info["key"], role=info.get("role"), layer=layer if isinstance(layer, int) else None,
+            band=opts.band, init_var=init_var, ratio=ratio, **a,
+        )
+    return result
+
+
+def layer_equilibration(tensors: dict[str, KeyAnalysis]) -> dict[int, int | None]:
+    """Per layer: the latest equilibration step of its tensors (None if any never equilibrates)."""
+    per: dict[int, list[int | None]] = {}
+    for a in tensors.values():
+        if a.layer is not None:
+            per.setdefault(a.layer, []).append(a.equilibration_step)
+    return {
+        layer: (None if any(s is None for s in steps) else max(steps))  # type: ignore[type-var]
+        for layer, steps in sorted(per.items())
+    }

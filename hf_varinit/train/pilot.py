@@ -1,0 +1,55 @@
+"""The language-model pilot of ``hf-varinit calibrate --config <yaml>``: each round is a short pretraining run.
+
+The pilot is the product's own Accelerate loop (`hf_varinit.train.loop`) with the YAML's model, data and
+optimizer; only the init rule changes between rounds. ``--steps``, ``--lr``, ``--seed``, ``--batch-size``
+and ``--record-every`` override the YAML. Pilot runs go to a temporary folder removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+
+from hf_varinit.record.stats_file import load_stats
+
+# calibrate flag -> pretrain flag (given only when set on the command line)
+_OVERRIDES = {"steps": "--max-steps", "lr": "--lr", "seed": "--seed", "batch_size": "--batch-size",
+              "record_every": "--record-every"}
+
+
+def lm_pilot_factory(args: argparse.Namespace):
+    """``(build_model, pilot, metadata)`` for `hf_varinit.calibrate.calibrate` from ``args.config``.
+
+    ``build_model(rule)`` returns the rule itself: the training loop builds (and seeds) the model from it.
+    """
+    from hf_varinit.train.loop import training_function
+    from hf_varinit.train.options import parse_options
+
+    argv = ["--config", args.config]
+    for name, flag in _OVERRIDES.items():
+        if getattr(args, name, None) is not None:
+            argv += [flag, str(getattr(args, name))]
+    workdir = Path(tempfile.mkdtemp(prefix="hf_varinit_calibrate_"))
+    rounds = itertools.count()
+    base = parse_options([*argv, "--output-dir", str(workdir / "check")])  # validates the YAML up front
+
+    def build_model(rule):
+        return rule
+
+    def pilot(rule):
+        out = workdir / f"round_{next(rounds)}"
+        options = parse_options([*argv, "--output-dir", str(out), "--checkpoint-every", "none"])
+        options.training.init = rule
+        return load_stats(training_function(options).stats_path)
+
+    weakref.finalize(pilot, shutil.rmtree, workdir, True)
+    t = base.training
+    metadata = {"config": args.config, **{k: v for k, v in dataclasses.asdict(base.model).items()},
+                "optimizer": t.optimizer, "lr": t.lr, "steps": t.max_steps, "batch_size": t.batch_size,
+                "record_every": t.record_every, "seed": t.seed}
+    return build_model, pilot, metadata
