@@ -7,6 +7,8 @@ Example:
     ...     other = AutoModelForCausalLM.from_config(GPT2Config(n_layer=12))
 """
 
+from importlib.metadata import version
+
 from hf_varinit import models  # noqa: F401  (registers the MLP with the Auto classes)
 from hf_varinit.errors import ConfigError, DataError, HFVarInitError, ReportError, RuleError, StatsError
 from hf_varinit.init.patch import apply_init, from_config, init_plan, patched_init
@@ -15,11 +17,11 @@ from hf_varinit.init.rules import Init, InitRule, get_rule, list_rules, register
 from hf_varinit.record.callback import VarianceCallback
 from hf_varinit.record.recorder import VarianceRecorder
 from hf_varinit.record.stats_file import load_stats, save_stats
-from hf_varinit.report import optimal  # noqa: F401  (register the MLP with the Auto classes, and the optimal rule)
+from hf_varinit.report import optimal  # noqa: F401  (registers the optimal rule)
 from hf_varinit.report.report import VarianceReport
 from hf_varinit.report.steady_state import AnalysisOptions, analyze
 
-__version__ = "0.1.0"
+__version__ = version("hf_varinit")
 
 __all__ = [
     "AnalysisOptions",

@@ -10,9 +10,10 @@ where s0_r^2 is the variance the round was initialised with (for r >= 1 that is 
 initial rule's variance as the statistics record it). Calibration stops once ``max_key rel_r < tol``
 (converged) or after ``rounds`` pilots (not converged). The result's ``variances`` are the last pilot's V(W).
 
-Model-agnostic: ``build_model(rule) -> model`` and ``pilot(model) -> VarianceStats`` can be any pair. The MLP
-pair and the ``hf-varinit calibrate`` command are in `hf_varinit.cli.calibrate` (``calibrate_mlp``,
-``register_pilot_factory``); the GPT-2 / Llama pilot is `hf_varinit.train.pilot`.
+Model-agnostic: ``build_model(rule) -> model`` and ``pilot(model) -> VarianceStats`` can be any pair. Pilots are
+registered by name (`register_pilot_factory`, `calibrate_pilot`): the GPT-2 / Llama pilot is
+`hf_varinit.train.pilot`; the MLP pilot (``calibrate_mlp``) is `hf_varinit.studies.calibrate_mlp`, which
+registers itself as ``mlp`` when imported.
 
 Example:
     >>> result = calibrate_mlp("digits", depth=3, width=64, steps=400, rounds=4, output="model_cards/mlp-cal")
@@ -25,17 +26,24 @@ import dataclasses
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hf_varinit.errors import ConfigError, NonFiniteLossError
-from hf_varinit.io_utils import atomic_write_json, atomic_write_text
-from hf_varinit.report.report import AnalysisOptions, analyze
-from hf_varinit.studies.render import json_safe
+from hf_varinit.io_utils import atomic_write_json, atomic_write_text, json_safe
+from hf_varinit.report.report import VarianceReport
+from hf_varinit.report.steady_state import AnalysisOptions, analyze
+from hf_varinit.report.tables import markdown_table
+from hf_varinit.train.pilot import lm_pilot_factory
 
-__all__ = ["CalibrationResult", "calibrate"]
+__all__ = ["PILOT_FACTORIES", "CalibrationResult", "PilotFactory", "calibrate", "calibrate_pilot",
+           "register_pilot_factory"]
+
+# settings -> (build_model(rule) -> model, pilot(model) -> VarianceStats, metadata for the card)
+PilotFactory = Callable[[Any], tuple[Callable[[Any], Any], Callable[[Any], Any], dict]]
 
 
 @dataclass
@@ -71,25 +79,21 @@ class CalibrationResult:
     def save(self, folder: str | Path, *, title: str | None = None, command: str | None = None) -> Path:
         """Write the last pilot's `VarianceReport` to ``folder`` plus ``convergence.csv`` / ``convergence.md``,
         ``calibration.json``, and a calibration section in the card."""
-        from hf_varinit.report.report import VarianceReport
-
         title = title or "Calibrated optimal init: s0² = V(W) at its fixed point"
-        dest = VarianceReport.from_stats(self.final_stats, self.options, title=title).save(folder)
         rows = self.convergence_rows()
+        table = _convergence_table(rows)
+        report = VarianceReport.from_stats(self.final_stats, self.options, title=title)
+        dest = report.save(folder, extra_sections=[_card_section(self, table, command)])
         csv = "round,max_rel_change,worst_key,all_stationary,rule\n" + "".join(
             f"{r['round']},{r['max_rel_change']:.6g},{r['worst_key']},{r['all_stationary']},\"{r['rule']}\"\n"
             for r in rows)
         atomic_write_text(dest / "convergence.csv", csv)
-        table = _convergence_table(rows)
         atomic_write_text(dest / "convergence.md", f"# Calibration convergence\n\n{table}\n\n{self._verdict()}\n")
         atomic_write_json(dest / "calibration.json", json_safe({
             "converged": self.converged, "tol": self.tol, "rounds": len(self.history),
             "variances": self.variances, "history": self.history, "options": dataclasses.asdict(self.options),
             "metadata": self.metadata, "command": command,
         }))
-        card = (dest / "README.md").read_text()
-        card += _card_section(self, table, command)
-        atomic_write_text(dest / "README.md", card)
         return dest
 
     def _verdict(self) -> str:
@@ -103,18 +107,18 @@ class CalibrationResult:
 
 
 def _convergence_table(rows: list[dict]) -> str:
-    lines = ["| round | init rule | max relative change | worst key | all stationary |", "|---|---|---|---|---|"]
-    lines += [f"| {r['round']} | {r['rule']} | {r['max_rel_change']:.4g} | `{r['worst_key']}` | "
-              f"{'yes' if r['all_stationary'] else 'no'} |" for r in rows]
-    return "\n".join(lines)
+    cells = [{**r, "worst_key": f"`{r['worst_key']}`"} for r in rows]
+    return markdown_table(cells, ["round", "rule", "max_rel_change", "worst_key", "all_stationary"],
+                          ["round", "init rule", "max relative change", "worst key", "all stationary"])
 
 
 def _card_section(result: CalibrationResult, table: str, command: str | None) -> str:
     first, last = result.history[0], result.history[-1]
     keys = list(result.variances)
-    per_key = ["| key | s0² of round 0 | V(W) round 0 | calibrated V(W) |", "|---|---|---|---|"]
-    per_key += [f"| `{k}` | {first['init'].get(k, float('nan')):.4g} | {first['values'][k]:.4g} | "
-                f"{last['values'][k]:.4g} |" for k in keys]
+    per_key = markdown_table(
+        [{"key": f"`{k}`", "init": first["init"].get(k, math.nan), "first": first["values"][k],
+          "last": last["values"][k]} for k in keys],
+        ["key", "init", "first", "last"], ["key", "s0² of round 0", "V(W) round 0", "calibrated V(W)"])
     meta = "\n".join(f"- {k}: {v}" for k, v in result.metadata.items())
     regen = f"\n## Regenerate\n\n```bash\n{command}\n```\n" if command else ""
     return f"""
@@ -128,7 +132,7 @@ tol = {result.tol:g}.
 
 {result._verdict()}
 
-{chr(10).join(per_key)}
+{per_key}
 
 Pilot settings:
 
@@ -207,3 +211,78 @@ def _describe(rule: Any) -> str:
     if isinstance(rule, Mapping) and rule.get("name") == "optimal" and "variances" in rule:
         return "optimal (previous round's V(W))"
     return rule if isinstance(rule, str) else json.dumps(rule, default=str)
+
+
+# ----------------------------------------------------------------------------- pilots by name
+
+
+def _language_model_pilot(settings: Any):
+    """GPT-2 / Llama: every round a short run of the pretraining loop with the YAML ``settings.config``."""
+    if not getattr(settings, "config", None):
+        raise ConfigError(f"calibrate --model {getattr(settings, 'model', 'gpt2')} needs --config <pretraining YAML>, "
+                          "e.g. configs/gpt2-12l-tiny.yaml")
+    return lm_pilot_factory(settings)
+
+
+PILOT_FACTORIES: dict[str, PilotFactory] = {"gpt2": _language_model_pilot, "llama": _language_model_pilot}
+
+
+def register_pilot_factory(name: str, factory: PilotFactory, *, overwrite: bool = False) -> None:
+    """Plug a model into `calibrate_pilot` and ``hf-varinit calibrate --model <name>``.
+
+    Args:
+        name (`str`): the pilot's name (``--model``).
+        factory (`PilotFactory`): ``factory(settings) -> (build_model, pilot, metadata)``, where ``settings`` holds
+            the pilot's settings as attributes (the parsed command line: ``settings.config`` is ``--config``, e.g.
+            a GPT-2 YAML). ``build_model(rule)`` builds a fresh model with that init rule and ``pilot(model)``
+            trains it and returns its `VarianceStats`; ``metadata`` goes into the card.
+        overwrite (`bool`): replace a pilot of the same name.
+
+    Raises:
+        ConfigError: ``name`` is taken and ``overwrite`` is False.
+    """
+    if name in PILOT_FACTORIES and not overwrite:
+        raise ConfigError(f"a calibration pilot named {name!r} exists; pass overwrite=True to replace it")
+    PILOT_FACTORIES[name] = factory
+
+
+def calibrate_pilot(
+    model: str,
+    settings: Any,
+    *,
+    rounds: int = 4,
+    tol: float = 0.05,
+    initial_rule: str | dict = "kaiming",
+    options: AnalysisOptions | None = None,
+    output: str | Path | None = None,
+    title: str | None = None,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CalibrationResult:
+    """`calibrate` with the pilot registered as ``model``; writes the report folder ``output`` if given.
+
+    Args:
+        model (`str`): a name of `PILOT_FACTORIES` (``gpt2``, ``llama``; ``mlp`` once
+            `hf_varinit.studies.calibrate_mlp` is imported; more with `register_pilot_factory`).
+        settings (`Any`): the pilot's settings as attributes, passed to its factory.
+        rounds, tol, initial_rule, options, log: as for `calibrate`.
+        output (`str` or `Path`, *optional*): the report folder; title and command go into its card.
+
+    Returns:
+        `CalibrationResult`, its ``metadata`` the factory's plus the calibration settings and the wall time.
+
+    Raises:
+        ConfigError: no pilot is registered as ``model``.
+    """
+    if model not in PILOT_FACTORIES:
+        raise ConfigError(f"calibrate: --model {model!r} has no pilot; available: {sorted(PILOT_FACTORIES)} "
+                          "(register one with hf_varinit.calibrate.register_pilot_factory)")
+    build_model, pilot, metadata = PILOT_FACTORIES[model](settings)
+    t0 = time.perf_counter()
+    result = calibrate(build_model, pilot, rounds=rounds, tol=tol, initial_rule=initial_rule, options=options,
+                       log=log)
+    result.metadata = {**metadata, "initial_rule": str(initial_rule), "rounds_max": rounds,
+                       "wall_seconds": round(time.perf_counter() - t0, 1)}
+    if output:
+        result.save(output, title=title, command=command)
+    return result

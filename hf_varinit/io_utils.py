@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ from typing import Any
 
 __all__ = [
     "atomic_folder", "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-    "commit_folder", "staging_folder",
+    "commit_folder", "json_safe", "staging_folder",
 ]
 
 
@@ -100,6 +101,17 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
     """Atomically write ``obj`` as JSON (strict: NaN and infinity are refused) to ``path``."""
     text = json.dumps(obj, indent=indent, sort_keys=False, allow_nan=False) + "\n"
     return atomic_write_text(path, text)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None, recursively, for strict JSON (dict keys as strings)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def staging_folder(dest: str | os.PathLike[str], *, name: str | None = None) -> Path:

@@ -27,7 +27,9 @@ sys.path.insert(0, str(ROOT))
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from hf_varinit import from_config  # noqa: E402
-from hf_varinit.train.loop import build_model_config, load_data, parse_options, run_pretrain  # noqa: E402
+from hf_varinit.train.build import build_model_config, load_data  # noqa: E402
+from hf_varinit.train.loop import run_pretrain  # noqa: E402
+from hf_varinit.train.options import parse_options  # noqa: E402
 
 
 class StepTimes(TrainerCallback):
@@ -85,7 +87,7 @@ def bench_trainer(argv: list[str], work: Path, steps: int, skip: int) -> tuple[f
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "gpt2-12l-tiny.yaml"))
+    parser.add_argument("--config", default="gpt2-12l-tiny", help="YAML path or bundled config name")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--skip", type=int, default=5, help="warmup steps left out of the measurement")
     parser.add_argument("--rounds", type=int, default=1, help="alternate ours/Trainer this many times")

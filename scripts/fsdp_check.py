@@ -1,4 +1,4 @@
-"""Check `sharded_var_mean` on a real FSDP2 run: sharded statistics == statistics of the gathered weights.
+"""Check `moments.var_mean` on a real FSDP2 run: sharded statistics == statistics of the gathered weights.
 
 Launch with 2 (or more) CPU processes, gloo:
 
@@ -6,7 +6,7 @@ Launch with 2 (or more) CPU processes, gloo:
 
 For a tiny GPT-2 (odd vocab: uneven ``wte`` shards; ``c_attn`` Q/K/V column slices and row-sliced bias)
 and a tiny GPT-NeoX (interleaved Q/K/V whose per-head blocks straddle the shard boundary), it wraps every
-block and the root in ``fully_shard``, takes one AdamW step, then compares `sharded_var_mean` over every
+block and the root in ``fully_shard``, takes one AdamW step, then compares `moments.var_mean` over every
 role entry (tracked weights, biases, norms) with float64 ``var_mean`` of ``full_tensor()`` weights.
 Each rank writes ``DIR/rank{r}.json``; rank 0 prints a summary. Exit status 1 if any entry is off.
 """
@@ -28,7 +28,7 @@ from torch.distributed.tensor import DTensor  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
 
 from hf_varinit.init.roles import get_roles, iter_roles  # noqa: E402
-from hf_varinit.record.sharded import is_sharded, rebind, sharded_var_mean  # noqa: E402
+from hf_varinit.record.moments import is_sharded, rebind, var_mean  # noqa: E402
 
 VOCAB = 101  # odd: the embedding's rows do not split evenly over 2 ranks
 
@@ -101,7 +101,7 @@ def check(name: str) -> dict:
     model, roles, info = build(name)
     loss = train_step(model)
     entries = rebind(roles, model)
-    stats, n_reduce = count_all_reduce(sharded_var_mean, entries)
+    stats, n_reduce = count_all_reduce(var_mean, entries)
     ref = reference(entries)
     rel = ((stats.double() - ref).abs() / ref.abs().clamp_min(1e-30)).where(ref != 0, stats.double().abs())
     shards = {}

@@ -7,10 +7,11 @@ import pytest
 import yaml
 
 from hf_varinit.calibrate import calibrate
-from hf_varinit.cli.calibrate import calibrate_mlp, main
+from hf_varinit.cli.main import main
 from hf_varinit.errors import ConfigError
 from hf_varinit.record.stats_file import VarianceStats
 from hf_varinit.report.report import VarianceReport
+from hf_varinit.studies.calibrate_mlp import calibrate_mlp
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -75,7 +76,7 @@ def test_calibration_converges_on_a_tiny_mlp_and_saves_the_last_pilot(tmp_path):
 
 @pytest.mark.slow
 def test_calibrate_cli_quick_writes_a_report(tmp_path, capsys):
-    assert main(["--quick", "--output", str(tmp_path / "q")]) == 0
+    assert main(["calibrate", "--quick", "--output", str(tmp_path / "q")]) == 0
     text = (tmp_path / "q" / "README.md").read_text()
     meta = yaml.safe_load(text.split("---\n")[1])
     assert meta["library_name"] == "hf_varinit"
@@ -83,6 +84,7 @@ def test_calibrate_cli_quick_writes_a_report(tmp_path, capsys):
     assert (tmp_path / "q" / "convergence.md").is_file()
 
 
-def test_calibrate_cli_names_the_available_pilots(tmp_path):
-    with pytest.raises(ConfigError, match="available: \\['gpt2', 'llama', 'mlp'\\]"):
-        main(["--model", "gpt9", "--output", str(tmp_path / "x")])
+def test_calibrate_cli_names_the_available_pilots(tmp_path, capsys):
+    assert main(["calibrate", "--model", "gpt9", "--output", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hf-varinit calibrate: error:") and "available: ['gpt2', 'llama', 'mlp']" in err

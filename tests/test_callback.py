@@ -39,6 +39,7 @@ def test_callback_writes_a_loadable_file_with_steps_0_and_last(trained):
     stats = load_stats(out)
     assert stats.step.tolist() == [0, 2, 4, 5]
     assert stats.metadata["source"] == "trainer" and stats.rule == "gpt2"
+    assert set(stats.metadata["versions"]) == {"torch", "transformers", "accelerate", "hf_varinit"}
     assert np.isfinite(stats.var).all()
 
 

@@ -1,10 +1,20 @@
 """The `hf-varinit` command line: plan, errors as one line with exit code 1, the demo's plumbing."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from hf_varinit.cli.main import main
+from hf_varinit.cli.main import COMMANDS, main
+
+
+def _python_m(*args: str) -> subprocess.CompletedProcess:
+    """``python -m hf_varinit <args>`` in a fresh interpreter, offline."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "hf_varinit", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
 
 
 def test_plan_prints_the_per_tensor_table(capsys):
@@ -40,3 +50,32 @@ def test_bad_input_is_one_line_and_exit_code_1(capsys, argv, message):
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_python_m_hf_varinit_runs_plan():
+    proc = _python_m("plan", "--model", "gpt2", "--n-layer", "2", "--n-embd", "64", "--rule", "kaiming",
+                     "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    q = next(r for r in rows if r["key"] == "layers.1.q")
+    assert (q["fan_in"], q["fan_out"]) == (64, 64)
+    assert q["std"] == pytest.approx((2 / 64) ** 0.5)
+
+
+def test_python_m_hf_varinit_prints_one_error_line_and_exits_1():
+    proc = _python_m("plan", "--rule", "bogus")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hf-varinit plan: error: unknown init rule 'bogus'")
+
+
+def test_every_command_has_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    listing = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in listing
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0 and f"hf-varinit {name}" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Specification of hf_varinit.train.data: corpora, tokenizers, packing and classification sets (all offline)."""
+"""Specification of hf_varinit.train.data (corpora, tokenizers, packing) and the classification sets (all offline)."""
 
 import os
 
@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from hf_varinit.errors import DataError
+from hf_varinit.studies.datasets import list_classification_datasets, load_classification
 from hf_varinit.train.data import (
     build_lm_datasets,
     get_tokenizer,
-    list_classification_datasets,
-    load_classification,
     load_text_corpus,
     pack_dataset,
     train_tokenizer,

@@ -16,9 +16,10 @@ from huggingface_hub import ModelCard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hf_varinit.cli.report import main_report
 from hf_varinit.errors import ReportError
 from hf_varinit.record.stats_file import VarianceStats, load_stats, save_stats
-from hf_varinit.report.report import AnalysisOptions, VarianceReport, analyze, analyze_series, main_report
+from hf_varinit.report.report import AnalysisOptions, VarianceReport, analyze, analyze_series
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEPS = np.arange(0, 1001, 10)  # one record every 10 steps
@@ -266,6 +267,22 @@ def test_save_and_push_offline_writes_the_folder_and_says_so(monkeypatch, tmp_pa
     with pytest.raises(ReportError, match=f"written to {tmp_path / 'r'}"):
         report.save_and_push(tmp_path / "r", "someone/r")
     assert "optimal:report=someone/r" in (tmp_path / "r" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("bad", ["someone/gpt2/variance", "someone/gpt2--variance", "someone/.hidden"])
+def test_a_bad_repo_id_is_a_report_error_naming_it(bad, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ReportError, match=f"{bad!r}: no such file or folder, and not a hub repo id"):
+        VarianceReport.load(bad)
+    with pytest.raises(ReportError, match=f"could not push: {bad!r} is not a hub repo id"):
+        VarianceReport.from_stats(gpt2_stats()).push_to_hub(bad)
+
+
+def test_extra_sections_follow_the_caveats_in_the_card(tmp_path):
+    folder = VarianceReport.from_stats(gpt2_stats()).save(tmp_path / "r", extra_sections=["## Calibration\n\ntext"])
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "hf_varinit"
+    assert card.text.index("## Caveats") < card.text.index("## Calibration\n\ntext")
 
 
 def test_main_report_writes_the_folder(tmp_path, capsys):

@@ -13,7 +13,7 @@ from transformers import (
 )
 
 import hf_varinit as hv
-from hf_varinit.init.roles import get_roles, iter_roles, tracked_roles
+from hf_varinit.init.roles import ColumnBlock, HeadInterleaved, RowBlock, get_roles, iter_roles, tracked_roles
 from hf_varinit.models import VarInitMLPConfig
 
 
@@ -98,6 +98,17 @@ def test_gpt_neox_interleaved_qkv_matches_the_models_reshape():
         b = entries[role].view(attn.query_key_value.bias).reshape(32)
         ours = (x @ w.T + b).view(1, 3, 4, 8)
         torch.testing.assert_close(ours, ref)
+
+
+def test_each_slice_kind_names_its_axis_shape_and_plan_text():
+    weight = torch.arange(96.0 * 2).view(96, 2)
+    cols, rows, heads = ColumnBlock(4, 8), RowBlock(32, 64), HeadInterleaved(index=1, parts=3, num_heads=4)
+    assert (cols.axis(2), rows.axis(2), heads.axis(2)) == (1, 0, 0)
+    assert cols.shape((16, 24)) == (16, 4) and rows.shape((96, 2)) == (32, 2) and heads.shape((96, 2)) == (4, 8, 2)
+    assert (str(cols), str(rows), str(heads)) == ("[:, 4:8]", "[32:64]", "heads[:, 1::3]")
+    kept = heads.select(torch.arange(96), 96)
+    torch.testing.assert_close(weight[kept].view(4, 8, 2), heads.view(weight))  # select agrees with view
+    assert rows.select(torch.arange(96), 96).nonzero().squeeze(1).tolist() == list(range(32, 64))
 
 
 def test_unknown_architecture_falls_back_to_module_roles():

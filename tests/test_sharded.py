@@ -1,4 +1,4 @@
-"""`sharded_var_mean`: statistics from shards equal the statistics of the full weights.
+"""`moments.var_mean`: statistics from shards equal the statistics of the full weights.
 
 The shard arithmetic is checked in one process by splitting tensors by hand (even and uneven, every slice
 kind, shard boundaries inside a slice or a head); the real path by a 2-process FSDP2 run on CPU (gloo).
@@ -15,9 +15,9 @@ import torch
 import torch.distributed as dist
 from transformers import GPT2LMHeadModel
 
-from hf_varinit.init.roles import Slice, TensorRole, tracked_roles
+from hf_varinit.init.roles import ColumnBlock, HeadInterleaved, RowBlock, Slice, TensorRole, tracked_roles
+from hf_varinit.record.moments import is_sharded, local_moments, var_mean
 from hf_varinit.record.recorder import VarianceRecorder
-from hf_varinit.record.sharded import is_sharded, local_moments, sharded_var_mean
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,10 +45,10 @@ def _exact(entry: TensorRole, full: torch.Tensor) -> torch.Tensor:
 SPLITS = {"even": [48, 48], "uneven": [49, 47], "three": [40, 40, 16], "empty shard": [96, 0]}
 SLICES = {
     "whole": None,
-    "rows q": Slice("rows", 0, 32),
-    "rows k (straddles)": Slice("rows", 32, 64),
-    "interleaved k": Slice("interleaved", index=1, parts=3, num_heads=4),
-    "interleaved v": Slice("interleaved", index=2, parts=3, num_heads=4),
+    "rows q": RowBlock(0, 32),
+    "rows k (straddles)": RowBlock(32, 64),
+    "interleaved k": HeadInterleaved(index=1, parts=3, num_heads=4),
+    "interleaved v": HeadInterleaved(index=2, parts=3, num_heads=4),
 }
 
 
@@ -68,7 +68,7 @@ def test_cols_slice_on_row_shards_and_column_shards(split, start):
     """GPT-2 ``c_attn``: Q/K/V column blocks of a (in, 3*out) weight sharded on rows (FSDP2) or on columns."""
     torch.manual_seed(1)
     full = torch.randn(32, 96) * 0.02
-    entry = _role(Slice("cols", start, start + 32), full.shape)
+    entry = _role(ColumnBlock(start, start + 32), full.shape)
     torch.testing.assert_close(_from_shards(entry, full, split, dim=0), _exact(entry, full), rtol=1e-10, atol=1e-14)
     col_split = [50, 46]  # column shards: the slice runs along the sharded axis
     torch.testing.assert_close(_from_shards(entry, full, col_split, dim=1), _exact(entry, full), rtol=1e-10,
@@ -79,7 +79,7 @@ def test_naive_slicing_of_a_shard_would_be_wrong():
     """The guard on the mapping: applying the global slice to the local rows gives other numbers."""
     torch.manual_seed(2)
     full = torch.randn(96, 4) + torch.arange(96.0).unsqueeze(1)  # rows differ in mean
-    entry = _role(Slice("rows", 32, 64), full.shape)
+    entry = _role(RowBlock(32, 64), full.shape)
     naive = torch.zeros(3, dtype=torch.float64)
     for local in torch.split(full, [48, 48]):
         naive += local_moments(entry, local)  # no shard info: slices each shard as if it were the full tensor
@@ -94,10 +94,29 @@ def test_plain_model_matches_recorder(tiny_gpt2_config):
     entries = tracked_roles(model)
     assert not is_sharded(entries)
     assert not dist.is_initialized()
-    stats = sharded_var_mean(entries)
+    stats = var_mean(entries)
     assert stats.dtype == torch.float32 and stats.shape == (len(entries), 2)
     torch.testing.assert_close(stats, VarianceRecorder(model).compute(), rtol=1e-5, atol=1e-9)
-    assert sharded_var_mean([]).shape == (0, 2)
+    assert var_mean([]).shape == (0, 2)
+
+
+def test_dense_kernel_matches_float64_var_mean(tiny_gpt2_config):
+    """Dense weights: float32 sums combined in float64 agree with a float64 ``torch.var_mean``."""
+    torch.manual_seed(0)
+    entries = tracked_roles(GPT2LMHeadModel(tiny_gpt2_config))
+    reference = torch.stack([_exact(entry, param.detach()) for entry, param in entries]).float()
+    torch.testing.assert_close(var_mean(entries), reference, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, imported by torch.compile
+def test_recorder_sees_through_parallel_and_compile_wrappers(tiny_gpt2_config):
+    model = GPT2LMHeadModel(tiny_gpt2_config)
+    wrappers = {"compile": torch.compile(model), "DataParallel": torch.nn.DataParallel(model),
+                "compile(DataParallel)": torch.compile(torch.nn.DataParallel(model))}
+    for name, wrapped in wrappers.items():
+        recorder = VarianceRecorder(wrapped)
+        assert recorder.model is model, name
+        assert recorder.keys == VarianceRecorder(model).keys, name
 
 
 @pytest.mark.slow

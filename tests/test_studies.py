@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
+from hf_varinit.cli.main import main
 from hf_varinit.studies import compare, sweep
+from hf_varinit.studies.configs import COMPARE_QUICK
 from hf_varinit.studies.datasets import load_classification
 from hf_varinit.studies.mlp_train import build_mlp, init_diagnostics, run_stats, train_mlp
 
@@ -103,7 +105,7 @@ def test_stability_band_needs_a_majority_and_takes_the_longest_run():
 @pytest.mark.slow
 def test_sweep_cli_quick_writes_a_report_folder(tmp_path):
     out = tmp_path / "sweep"
-    assert sweep.main(["--quick", "--output", str(out)]) == 0
+    assert main(["sweep", "--quick", "--output", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"README.md", "results.csv", "results.md", "sweep.png", "summary.json"}
     meta = _front_matter(out / "README.md")
     assert meta["library_name"] == "hf_varinit" and "hf-varinit" in meta["tags"]
@@ -122,7 +124,7 @@ def test_sweep_cli_quick_writes_a_report_folder(tmp_path):
 @pytest.fixture(scope="module")
 def init_compare(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp") / "init"
-    result = compare.run_compare(compare.CompareConfig(**{**compare.QUICK, "study": "init", "seeds": [0, 1, 2],
+    result = compare.run_compare(compare.CompareConfig(**{**COMPARE_QUICK, "study": "init", "seeds": [0, 1, 2],
                                                           "output": str(out)}), log=lambda m: None)
     return result, out
 
@@ -164,7 +166,7 @@ def test_compare_rejects_an_unknown_study():
 @pytest.mark.slow
 def test_compare_optimal_cli_quick_writes_pilot_and_calibration(tmp_path):
     out = tmp_path / "opt"
-    assert compare.main(["--study", "optimal", "--quick", "--output", str(out)]) == 0
+    assert main(["compare", "--study", "optimal", "--quick", "--output", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert [g["arm"] for g in summary["groups"]] == ["he-normal", "optimal", "optimal-calibrated", "xavier"]
     assert set(summary["pilot"]) == {"layers.0.linear", "layers.1.linear", "head"}

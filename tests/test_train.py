@@ -19,11 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_varinit.cli.main import main
 from hf_varinit.errors import ConfigError, NonFiniteLossError
 from hf_varinit.record.stats_file import load_stats
 from hf_varinit.train.checkpoint import COMPLETE, find_latest_checkpoint
-from hf_varinit.train.loop import main, parse_options, run_pretrain
-from hf_varinit.train.options import PretrainOptions, load_yaml_options
+from hf_varinit.train.loop import run_pretrain
+from hf_varinit.train.options import PretrainOptions, load_yaml_options, parse_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = str(ROOT / "hf_varinit" / "configs" / "gpt2-tiny-test.yaml")
@@ -118,7 +119,7 @@ def test_output_dir_not_writable_fails_before_any_work(tmp_path, cache_dir):
 def test_resume_without_a_checkpoint_is_a_config_error(tmp_path, cache_dir):
     with pytest.raises(ConfigError, match="no complete checkpoint.*without --resume"):
         pretrain(tmp_path, cache_dir, "--resume")
-    assert main(["--config", TEST_CONFIG, "--output-dir", str(tmp_path), "--resume"]) == 1
+    assert main(["pretrain", "--config", TEST_CONFIG, "--output-dir", str(tmp_path), "--resume"]) == 1
 
 
 def test_resume_with_changed_options_names_the_option(tmp_path, cache_dir):
@@ -208,7 +209,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_stats(tmp_path, cache_dir)
     assert stats.step[0] == 0 and np.isfinite(stats.var).all()
     nan_step = int(re.search(r"at step (\d+)", str(info.value)).group(1))
     assert stats.step[-1] < nan_step  # records of weights that gave a finite loss only
-    argv = ["--config", TEST_CONFIG, "--output-dir", str(tmp_path / "again"), "--cache-dir", cache_dir,
+    argv = ["pretrain", "--config", TEST_CONFIG, "--output-dir", str(tmp_path / "again"), "--cache-dir", cache_dir,
             "--lr", "1e30", "--warmup-steps", "0"]
     assert main(argv) == 1
 

@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hf_varinit.record.stats_file import load_stats
-from hf_varinit.train.loop import parse_options, run_pretrain
+from hf_varinit.train.loop import run_pretrain
+from hf_varinit.train.options import parse_options
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "hf_varinit" / "configs" / "llama-8l-tiny.yaml")
 

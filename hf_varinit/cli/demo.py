@@ -15,11 +15,14 @@ import shutil
 from pathlib import Path
 
 from hf_varinit.report.report import VarianceReport
+from hf_varinit.train.loop import run_pretrain
+from hf_varinit.train.options import parse_options
 
 DEMO_CONFIG = "gpt2-12l-tiny"  # a bundled config (configs/gpt2-12l-tiny.yaml)
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``hf-varinit demo`` options to ``parser``."""
     parser.add_argument("--config", default=DEMO_CONFIG,
                         help="pretraining YAML or bundled config name (default: gpt2-12l-tiny)")
     parser.add_argument("--output-dir", default="runs/demo", help="where the run goes")
@@ -28,10 +31,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="override the config's number of steps")
 
 
-def run_demo(args: argparse.Namespace):
-    from hf_varinit.train.loop import run_pretrain
-    from hf_varinit.train.options import parse_options
-
+def run(args: argparse.Namespace) -> None:
+    """Pretrain with recording, then write the variance report; print where it went and the next command."""
     output = Path(args.output_dir)
     if (output / "variance.safetensors").exists() or (output / "checkpoints").exists():
         print(f"replacing the previous run in {output}/")  # the demo starts fresh; pretrain --resume continues
@@ -46,4 +47,3 @@ def run_demo(args: argparse.Namespace):
     print(f"variance report  {report_dir}/ (README.md model card, steady_state.json, plots)")
     print(f'next model       hf-varinit pretrain --config {args.config} --output-dir {args.output_dir}-optimal '
           f'--init "optimal:report={report_dir}"')
-    return result

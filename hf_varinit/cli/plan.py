@@ -9,66 +9,58 @@ import sys
 from collections.abc import Sequence
 
 import torch
+import transformers
 from transformers import AutoConfig
 
-from hf_varinit.errors import ConfigError
+from hf_varinit.arch import build_config, config_options, default_mlp_width
+from hf_varinit.errors import ConfigError, HFVarInitError
 from hf_varinit.init.patch import PlanRow, from_config, init_plan
 from hf_varinit.models import VarInitMLPConfig
 
-# model name -> (model_type, {CLI option -> config attribute})
-MODEL_OPTIONS = {
-    "gpt2": ("gpt2", {"n_layer": "n_layer", "n_embd": "n_embd", "n_head": "n_head", "vocab_size": "vocab_size"}),
-    "llama": (
-        "llama",
-        {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "n_head": "num_attention_heads",
-         "n_kv_heads": "num_key_value_heads", "vocab_size": "vocab_size"},
-    ),
-    "mistral": ("mistral", {"n_layer": "num_hidden_layers", "n_embd": "hidden_size",
-                            "n_head": "num_attention_heads", "n_kv_heads": "num_key_value_heads",
-                            "vocab_size": "vocab_size"}),
-    "qwen2": ("qwen2", {"n_layer": "num_hidden_layers", "n_embd": "hidden_size",
-                        "n_head": "num_attention_heads", "n_kv_heads": "num_key_value_heads",
-                        "vocab_size": "vocab_size"}),
-    "bert": ("bert", {"n_layer": "num_hidden_layers", "n_embd": "hidden_size", "n_head": "num_attention_heads",
-                      "vocab_size": "vocab_size"}),
-    "gpt_neox": ("gpt_neox", {"n_layer": "num_hidden_layers", "n_embd": "hidden_size",
-                              "n_head": "num_attention_heads", "vocab_size": "vocab_size"}),
-    "mlp": ("varinit_mlp", {"input_size": "input_size", "n_labels": "num_labels"}),
-}
+# --model name -> model_type (the names are the CLI's; the table behind them is `hf_varinit.arch`)
+MODELS = {"gpt2": "gpt2", "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "bert": "bert",
+          "gpt_neox": "gpt_neox", "mlp": VarInitMLPConfig.model_type}
+# the size flags of `plan`, and the `build_config` option each one sets
+_SIZE_FLAGS = {"n_layer": "n_layer", "n_embd": "n_embd", "n_head": "n_head", "n_kv_heads": "n_kv_heads",
+               "vocab_size": "vocab_size", "input_size": "input_size", "n_labels": "num_labels"}
 
 
-def build_config(model: str, **options):
-    """A config for ``model`` (a name of `MODEL_OPTIONS` or a local / hub config path) with the given sizes."""
+def _flags(names) -> str:
+    return ", ".join("--" + k.replace("_", "-") for k in names)
+
+
+def plan_config(model: str, **options):
+    """A config for ``model`` (a name of `MODELS` or a local / hub config path) with the given sizes.
+
+    Args:
+        model (`str`): ``gpt2``, ``llama``, ``mistral``, ``qwen2``, ``bert``, ``gpt_neox``, ``mlp``, or a config
+            folder / hub id (then the sizes are not used).
+        options: the size flags (``n_layer``, ``n_embd``, ``n_head``, ``n_kv_heads``, ``vocab_size``, ``input_size``,
+            ``n_labels``); None means the default. Without ``n_head``, heads of dimension 64.
+    """
     options = {k: v for k, v in options.items() if v is not None}
-    if model in MODEL_OPTIONS:
-        valid = set(MODEL_OPTIONS[model][1]) | ({"n_layer", "n_embd"} if model == "mlp" else set())
-        ignored = sorted(set(options) - valid)
-        if ignored:
-            flags = ", ".join("--" + k.replace("_", "-") for k in ignored)
-            raise ConfigError(f"{flags} do(es) not apply to --model {model}; its options: "
-                              f"{', '.join('--' + k.replace('_', '-') for k in sorted(valid))}")
-    if model == "mlp":
-        depth, width = options.pop("n_layer", 3), options.pop("n_embd", 256)
-        kwargs = {MODEL_OPTIONS["mlp"][1][k]: v for k, v in options.items() if k in MODEL_OPTIONS["mlp"][1]}
-        return VarInitMLPConfig(hidden_sizes=[width] * depth, **kwargs)
-    if model not in MODEL_OPTIONS:
+    if model not in MODELS:
         try:
-            config = AutoConfig.from_pretrained(model)
+            return AutoConfig.from_pretrained(model)
         except (OSError, ValueError) as exc:
             raise ConfigError(
-                f"--model {model!r} is neither a known model ({', '.join(MODEL_OPTIONS)}) nor a loadable config "
+                f"--model {model!r} is neither a known model ({', '.join(MODELS)}) nor a loadable config "
                 f"folder or hub id: {exc}"
             ) from None
-        return config
-    model_type, mapping = MODEL_OPTIONS[model]
-    if "n_embd" in options and "n_head" not in options:
-        options["n_head"] = max(1, options["n_embd"] // 64)  # head dim 64
-    kwargs = {mapping[k]: v for k, v in options.items() if k in mapping}
-    if "n_embd" in options and model_type != "gpt2":
-        ratio = 8 / 3 if model_type in ("llama", "mistral", "qwen2") else 4
-        kwargs["intermediate_size"] = int(ratio * options["n_embd"] + 7) // 8 * 8
+    model_type = MODELS[model]
+    applies = config_options(model_type)
+    valid = sorted(flag for flag, option in _SIZE_FLAGS.items() if option in applies)
+    ignored = sorted(set(options) - set(valid))
+    if ignored:
+        raise ConfigError(f"{_flags(ignored)} do(es) not apply to --model {model}; its options: {_flags(valid)}")
+    kwargs = {_SIZE_FLAGS[k]: v for k, v in options.items()}
+    if "n_embd" in kwargs and "n_head" in applies:
+        kwargs.setdefault("n_head", max(1, kwargs["n_embd"] // 64))  # head dim 64
+        kwargs["intermediate_size"] = default_mlp_width(model_type, kwargs["n_embd"])
     try:
-        return AutoConfig.for_model(model_type, **kwargs)
+        return build_config(model_type, **kwargs)
+    except HFVarInitError:
+        raise
     except ValueError as exc:
         raise ConfigError(f"--model {model} with {options}: {exc}") from None
 
@@ -87,9 +79,9 @@ def format_table(rows: Sequence[PlanRow]) -> str:
     return "\n".join(lines)
 
 
-def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="gpt2",
-                        help=f"one of {', '.join(MODEL_OPTIONS)}, or a config folder / hub id")
+                        help=f"one of {', '.join(MODELS)}, or a config folder / hub id")
     parser.add_argument("--rule", default="hf", help="init rule spec, e.g. kaiming, 'normal:std=0.02'")
     parser.add_argument("--n-layer", type=int, help="number of blocks (MLP: hidden layers)")
     parser.add_argument("--n-embd", type=int, help="hidden size (MLP: width)")
@@ -107,12 +99,10 @@ _HEADS = {"lm": None, "base": "AutoModel", "seq-cls": "AutoModelForSequenceClass
           "token-cls": "AutoModelForTokenClassification"}
 
 
-def run_plan(args: argparse.Namespace) -> list[PlanRow]:
-    import transformers
-
-    config = build_config(args.model, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
-                          n_kv_heads=args.n_kv_heads, vocab_size=args.vocab_size, input_size=args.input_size,
-                          n_labels=args.n_labels)
+def run(args: argparse.Namespace) -> list[PlanRow]:
+    config = plan_config(args.model, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
+                         n_kv_heads=args.n_kv_heads, vocab_size=args.vocab_size, input_size=args.input_size,
+                         n_labels=args.n_labels)
     head = "base" if args.model == "mlp" else args.head
     auto = getattr(transformers, _HEADS[head]) if _HEADS[head] else None  # None: from_config picks the LM head
     try:

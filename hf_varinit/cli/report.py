@@ -1,25 +1,42 @@
-"""`hf-varinit report`: a variance report from a run's statistics or from a trained checkpoint."""
+"""`hf-varinit report`: a variance report from a run's statistics or from a trained checkpoint.
+
+    hf-varinit report runs/k --output model_cards/gpt2-12l-tiny-kaiming [--push-to-hub me/gpt2-variance]
+    hf-varinit report --from-model gpt2 --output model_cards/gpt2-weights
+
+The analysis flags (``--window-fraction``, ``--drift-tol``, ...) are the fields of `AnalysisOptions`, one flag per
+field, with the field's help text and default.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
-from hf_varinit.errors import ConfigError
-from hf_varinit.report.report import main_report
+from hf_varinit.errors import ConfigError, ReportError, StatsError
+from hf_varinit.record.from_checkpoint import stats_from_checkpoint
+from hf_varinit.record.stats_file import VarianceStats
+from hf_varinit.report.report import VarianceReport
 from hf_varinit.report.steady_state import AnalysisOptions
 
+__all__ = ["add_arguments", "main_report", "run"]
 
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", nargs="?", help="a run folder (holding variance.safetensors) or the file itself")
     parser.add_argument("--from-model", metavar="PATH_OR_ID",
                         help="report the final weights of a save_pretrained folder or hub id instead of a run")
     parser.add_argument("--output", help="report folder (default: <run>/report, or model_cards/<name>-weights)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the report folder to this hub repo")
+    group = parser.add_argument_group("steady-state analysis (AnalysisOptions)")
     for f in dataclasses.fields(AnalysisOptions):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                            help=f"{f.metadata.get('help', '')} (default {f.default})")
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default), default=f.default,
+                           help=f"{f.metadata['help']} (default {f.default})")
+
+
+def _analysis_options(args: argparse.Namespace) -> AnalysisOptions:
+    return AnalysisOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalysisOptions)})
 
 
 def _default_output(args: argparse.Namespace) -> Path:
@@ -29,14 +46,40 @@ def _default_output(args: argparse.Namespace) -> Path:
     return (run.parent if run.is_file() else run) / "report"
 
 
-def run_report(args: argparse.Namespace) -> Path:
+def main_report(
+    stats: VarianceStats | str | os.PathLike[str], output: str | os.PathLike[str], push_to_hub: str | None = None,
+    options: AnalysisOptions | None = None,
+) -> Path:
+    """Analyse ``stats``, write the report folder ``output``, optionally push it; prints what was written.
+
+    Args:
+        stats (`VarianceStats`, `str` or `os.PathLike`): a record, or a run folder / ``variance.safetensors``.
+        output (`str` or `os.PathLike`): the report folder.
+        push_to_hub (`str`, *optional*): a hub repo id to upload the folder to (the card then points at it).
+        options (`AnalysisOptions`, *optional*): the steady-state tolerances.
+
+    Raises:
+        ReportError: unreadable statistics, or a failed push (after the folder is written; the message says where).
+    """
+    try:
+        report = VarianceReport.from_stats(stats, options)
+    except StatsError as exc:
+        raise ReportError(f"cannot build a report: {exc}") from exc
+    folder = report.save(output, reference=push_to_hub)
+    print(f"variance report written to {folder}/")
+    for f in sorted(folder.iterdir()):
+        print(f"  {f.name}")
+    if report.nonstationary_keys:
+        keys = report.nonstationary_keys
+        print(f"not stationary ({len(keys)}): {', '.join(keys)}")
+    if push_to_hub:
+        url = report.push_to_hub(push_to_hub, _folder=folder)
+        print(f"pushed to {url}")
+    return folder
+
+
+def run(args: argparse.Namespace) -> Path:
     if bool(args.run) == bool(args.from_model):
         raise ConfigError("give either a run folder / statistics file, or --from-model PATH_OR_ID (not both)")
-    options = AnalysisOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalysisOptions)})
-    if args.from_model:
-        from hf_varinit.record.from_checkpoint import stats_from_checkpoint
-
-        source = stats_from_checkpoint(args.from_model)
-    else:
-        source = args.run
-    return main_report(source, args.output or _default_output(args), args.push_to_hub, options)
+    source = stats_from_checkpoint(args.from_model) if args.from_model else args.run
+    return main_report(source, args.output or _default_output(args), args.push_to_hub, _analysis_options(args))

@@ -20,8 +20,9 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
 
+from hf_varinit.arch import ENCODER_TYPES, hidden_size, is_known_architecture, num_layers
 from hf_varinit.errors import RuleError
-from hf_varinit.init.roles import ENCODER_TYPES, TensorRole, hidden_size, is_known_architecture, iter_roles, num_layers
+from hf_varinit.init.roles import TensorRole, iter_roles
 from hf_varinit.init.rules import Init, InitRule, ModelContext, get_rule, truncated_std_factor
 
 _ORIGINAL_INITIALIZE = PreTrainedModel.initialize_weights

@@ -4,8 +4,9 @@ A `TensorRole` names what a tensor does (``q``, ``mlp_in``, ``embedding``, ...),
 the stored parameter it covers, and its *true* fan_in / fan_out. GPT-2 ``Conv1D`` stores weights as
 (in, out), which `torch.nn.init` reads backwards; fused Q/K/V projections are split into three slices.
 
-Architectures are described by a small table per ``model_type`` (`ARCHITECTURES`), like peft's
-target-module table. A model type the table does not know falls back to per-module roles.
+Module names come from the per-``model_type`` table of `hf_varinit.arch`; a model type the table does not
+know falls back to per-module roles. A slice is one small class per kind (`ColumnBlock`, `RowBlock`,
+`HeadInterleaved`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from hf_varinit.arch import ARCHITECTURES, Architecture, Fused, layer_key, num_heads
 from hf_varinit.errors import RoleError
 
 # Roles whose weights are lookup tables, not matrices applied to activations.
@@ -30,41 +32,99 @@ RESIDUAL_ROLES = frozenset({"attn_out", "mlp_out"})
 TRACKED_ROLES = ("q", "k", "v", "attn_out", "mlp_gate", "mlp_in", "mlp_out", "linear", "embedding", "position", "head")
 
 
-@dataclass(frozen=True)
 class Slice:
-    """A view of part of a stored parameter.
+    """A view of part of a stored parameter, in the coordinates of the whole parameter (one subclass per kind).
 
-    ``kind="cols"``: ``W[:, start:stop]`` (GPT-2 ``c_attn`` column blocks; bias ``b[start:stop]``).
-    ``kind="rows"``: ``W[start:stop]`` (a fused ``nn.Linear`` whose outputs are stacked).
-    ``kind="interleaved"``: per-head interleaving of ``parts`` outputs (GPT-NeoX ``query_key_value``):
-    the output axis reshaped to (num_heads, parts, head_dim), taking part ``index``.
+    A slice selects along one axis (`axis`). `view` takes it from a whole tensor (writes go through to the
+    parameter); `select` says which indices along that axis it keeps, for a shard that holds only some of them.
     """
 
-    kind: str
-    start: int = 0
-    stop: int = 0
-    index: int = 0
+    def view(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The slice of ``tensor`` as a view."""
+        raise NotImplementedError
+
+    def axis(self, ndim: int) -> int:
+        """The axis the slice selects along, for a tensor of ``ndim`` dimensions."""
+        return 0
+
+    def select(self, index: torch.Tensor, size: int) -> torch.Tensor:
+        """A bool mask over ``index`` (positions along `axis`, of ``size`` in all): the ones the slice keeps."""
+        raise NotImplementedError
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of the slice of a tensor of ``shape``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ColumnBlock(Slice):
+    """``W[:, start:stop]``: a column block of a fused GPT-2 ``Conv1D`` weight (stored (in, out))."""
+
+    start: int
+    stop: int
+
+    def view(self, tensor):
+        return tensor[..., self.start : self.stop]
+
+    def axis(self, ndim):
+        return ndim - 1
+
+    def select(self, index, size):
+        return (index >= self.start) & (index < self.stop)
+
+    def shape(self, shape):
+        return (*shape[:-1], self.stop - self.start)
+
+    def __str__(self) -> str:
+        return f"[:, {self.start}:{self.stop}]"
+
+
+@dataclass(frozen=True)
+class RowBlock(Slice):
+    """``W[start:stop]``: a row block of a fused ``nn.Linear`` whose outputs are stacked (or of a fused bias)."""
+
+    start: int
+    stop: int
+
+    def view(self, tensor):
+        return tensor[self.start : self.stop]
+
+    def select(self, index, size):
+        return (index >= self.start) & (index < self.stop)
+
+    def shape(self, shape):
+        return (self.stop - self.start, *shape[1:])
+
+    def __str__(self) -> str:
+        return f"[{self.start}:{self.stop}]"
+
+
+@dataclass(frozen=True)
+class HeadInterleaved(Slice):
+    """Part ``index`` of every head of a per-head interleaved fused projection (GPT-NeoX ``query_key_value``).
+
+    The output axis is read as (num_heads, parts, head_dim) and part ``index`` is taken from every head.
+    """
+
+    index: int
     parts: int = 3
     num_heads: int = 1
 
-    def view(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Return the slice of ``tensor`` as a view (writes go through to the parameter)."""
-        if self.kind == "cols":
-            return tensor[..., self.start : self.stop]
-        if self.kind == "rows":
-            return tensor[self.start : self.stop]
-        if self.kind == "interleaved":
-            rest = tensor.shape[1:]
-            head_dim = tensor.shape[0] // (self.num_heads * self.parts)
-            # (out, *rest) -> (num_heads, parts, head_dim, *rest): select one part of every head
-            return tensor.view(self.num_heads, self.parts, head_dim, *rest)[:, self.index]
-        raise RoleError(f"unknown slice kind {self.kind!r}")
+    def view(self, tensor):
+        rest = tensor.shape[1:]
+        head_dim = tensor.shape[0] // (self.num_heads * self.parts)
+        # (out, *rest) -> (num_heads, parts, head_dim, *rest): select one part of every head
+        return tensor.view(self.num_heads, self.parts, head_dim, *rest)[:, self.index]
+
+    def select(self, index, size):
+        head_dim = size // (self.num_heads * self.parts)
+        return (index // head_dim) % self.parts == self.index
+
+    def shape(self, shape):
+        # computed, not viewed: a sharded (FSDP2) parameter cannot be reshaped per head
+        return (self.num_heads, shape[0] // (self.num_heads * self.parts), *shape[1:])
 
     def __str__(self) -> str:
-        if self.kind == "cols":
-            return f"[:, {self.start}:{self.stop}]"
-        if self.kind == "rows":
-            return f"[{self.start}:{self.stop}]"
         return f"heads[:, {self.index}::{self.parts}]"
 
 
@@ -102,92 +162,8 @@ class TensorRole:
         return self.slice.view(param) if self.slice is not None else param
 
 
-@dataclass(frozen=True)
-class Fused:
-    """A fused projection holding several roles (Q, K, V) along its output axis."""
-
-    roles: tuple[str, ...]
-    layout: str  # "blocks" (contiguous blocks) or "interleaved" (per head)
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """Module-name suffix -> role for one family of models."""
-
-    modules: dict[str, str | Fused]
-    norms: tuple[str, ...] = ()
-
-
-_QKV_BLOCKS = Fused(("q", "k", "v"), "blocks")
-_QKV_INTERLEAVED = Fused(("q", "k", "v"), "interleaved")
-_HEADS = {"lm_head": "head", "score": "head", "classifier": "head", "qa_outputs": "head"}
-_LLAMA = Architecture(
-    modules={
-        "embed_tokens": "embedding",
-        "self_attn.q_proj": "q",
-        "self_attn.k_proj": "k",
-        "self_attn.v_proj": "v",
-        "self_attn.o_proj": "attn_out",
-        "mlp.gate_proj": "mlp_gate",
-        "mlp.up_proj": "mlp_in",
-        "mlp.down_proj": "mlp_out",
-        **_HEADS,
-    },
-)
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "gpt2": Architecture(
-        modules={
-            "wte": "embedding",
-            "wpe": "position",
-            "attn.c_attn": _QKV_BLOCKS,
-            "attn.c_proj": "attn_out",
-            "mlp.c_fc": "mlp_in",
-            "mlp.c_proj": "mlp_out",
-            **_HEADS,
-        },
-    ),
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "bert": Architecture(
-        modules={
-            "embeddings.word_embeddings": "embedding",
-            "embeddings.position_embeddings": "position",
-            "embeddings.token_type_embeddings": "token_type",
-            "attention.self.query": "q",
-            "attention.self.key": "k",
-            "attention.self.value": "v",
-            "attention.output.dense": "attn_out",
-            "intermediate.dense": "mlp_in",
-            "output.dense": "mlp_out",
-            "predictions.decoder": "head",
-            **_HEADS,
-        },
-    ),
-    "gpt_neox": Architecture(
-        modules={
-            "embed_in": "embedding",
-            "attention.query_key_value": _QKV_INTERLEAVED,
-            "attention.dense": "attn_out",
-            "mlp.dense_h_to_4h": "mlp_in",
-            "mlp.dense_4h_to_h": "mlp_out",
-            "embed_out": "head",
-            **_HEADS,
-        },
-    ),
-    "varinit_mlp": Architecture(modules={"classifier": "head"}),
-}
-
-# Encoder-only model types: `from_config` builds them with a masked-LM head.
-ENCODER_TYPES = frozenset({"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "modernbert"})
-
 _LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 _NORM_NAMES = ("LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm")
-
-
-def is_known_architecture(model_type: str | None) -> bool:
-    return model_type in ARCHITECTURES
 
 
 def weight_fans(module: nn.Module, weight: torch.Tensor) -> tuple[int, int]:
@@ -208,7 +184,7 @@ def _layer_of(module_name: str) -> int | None:
 
 
 def _canonical_key(role: str, layer: int | None, is_bias: bool, module_name: str, known: bool) -> str:
-    base = role if layer is None else f"layers.{layer}.{role}"
+    base = layer_key(layer, role)
     if (not known and role in ("linear", "embedding")) or (layer is None and role == "linear"):
         base = module_name  # modules the table does not name: one key per module (BERT's pooler, say)
     return f"{base}.bias" if is_bias else base
@@ -229,12 +205,16 @@ def _module_role(arch: Architecture | None, module_name: str, module: nn.Module)
     return None
 
 
-def _num_heads(config) -> int:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for attr in ("num_attention_heads", "n_head"):
-        if getattr(text, attr, None):
-            return int(getattr(text, attr))
-    raise RoleError(f"cannot split the interleaved Q/K/V of model_type {config.model_type!r}: no head count")
+def _fused_slices(fused: Fused, module: nn.Module, is_bias: bool, width: int, config) -> list[Slice]:
+    """One slice per role of a fused projection: per head, or contiguous blocks of ``width`` outputs."""
+    parts = len(fused.roles)
+    if fused.layout == "interleaved":
+        heads = num_heads(config)
+        if not heads:
+            raise RoleError(f"cannot split the interleaved Q/K/V of model_type {config.model_type!r}: no head count")
+        return [HeadInterleaved(i, parts, heads) for i in range(parts)]
+    block = ColumnBlock if isinstance(module, Conv1D) and not is_bias else RowBlock  # Conv1D stores (in, out)
+    return [block(i * width, (i + 1) * width) for i in range(parts)]
 
 
 def _fused_entries(module_name, module, param_name, param, fused: Fused, layer, config) -> list[TensorRole]:
@@ -250,20 +230,7 @@ def _fused_entries(module_name, module, param_name, param, fused: Fused, layer, 
     else:
         fan_in = param.shape[0] if isinstance(module, Conv1D) else param.shape[1]
     entries = []
-    for i, role in enumerate(fused.roles):
-        if fused.layout == "interleaved":
-            sl = Slice("interleaved", index=i, parts=parts, num_heads=_num_heads(config))
-        elif isinstance(module, Conv1D) and not is_bias:
-            sl = Slice("cols", start=i * width, stop=(i + 1) * width)
-        else:
-            sl = Slice("rows", start=i * width, stop=(i + 1) * width)
-        rest = tuple(param.shape[1:])
-        if sl.kind == "cols":
-            shape = (param.shape[0], width)
-        elif sl.kind == "rows":
-            shape = (width, *rest)
-        else:  # computed, not viewed: a sharded (FSDP2) parameter cannot be reshaped per head
-            shape = (sl.num_heads, out_axis_size // (sl.num_heads * parts), *rest)
+    for role, sl in zip(fused.roles, _fused_slices(fused, module, is_bias, width, config)):
         entries.append(
             TensorRole(
                 name=full,
@@ -273,7 +240,7 @@ def _fused_entries(module_name, module, param_name, param, fused: Fused, layer, 
                 slice=sl,
                 fan_in=fan_in,
                 fan_out=width,
-                shape=shape,
+                shape=sl.shape(tuple(param.shape)),
                 target=role if is_bias else None,
             )
         )
@@ -362,22 +329,3 @@ def tracked_roles(model: nn.Module) -> list[tuple[TensorRole, nn.Parameter]]:
             keys.add(entry.key)
             out.append((entry, param))
     return out
-
-
-def num_layers(config) -> int | None:
-    """The number of blocks of a config (``n_layer``, ``num_hidden_layers``, ``num_layers``)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
-        value = getattr(text, attr, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-def hidden_size(config) -> int | None:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for attr in ("hidden_size", "n_embd", "d_model"):
-        value = getattr(text, attr, None)
-        if isinstance(value, int):
-            return value
-    return None

@@ -14,7 +14,7 @@ from pathlib import Path
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hf_varinit.record.recorder import VarianceRecorder
-from hf_varinit.record.stats_file import load_stats
+from hf_varinit.record.stats_file import library_versions, load_stats
 
 
 class VarianceCallback(TrainerCallback):
@@ -39,20 +39,13 @@ class VarianceCallback(TrainerCallback):
         self.recorder: VarianceRecorder | None = None
 
     def _metadata(self, args: TrainingArguments, state: TrainerState) -> dict:
-        import accelerate
-        import torch
-        import transformers
-
-        from hf_varinit import __version__
-
         precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
         return {
             "seed": args.seed, "optimizer": str(args.optim), "lr": args.learning_rate,
             "batch_size": args.per_device_train_batch_size * args.world_size,
             "grad_accum": args.gradient_accumulation_steps, "mixed_precision": precision,
             "max_steps": state.max_steps, "world_size": args.world_size, "source": "trainer",
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "accelerate": accelerate.__version__, "hf_varinit": __version__},
+            "versions": library_versions(),
         }
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None,

@@ -18,9 +18,11 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig
 
+from hf_varinit.arch import num_layers
 from hf_varinit.errors import HFVarInitError, ReportError
 from hf_varinit.init.patch import from_config, init_plan
-from hf_varinit.init.roles import num_layers, tracked_roles
+from hf_varinit.init.roles import tracked_roles
+from hf_varinit.record.moments import combine, partial_sums, second_moment
 from hf_varinit.record.stats_file import VarianceStats
 
 SINGLE_FILE = "model.safetensors"
@@ -118,27 +120,26 @@ def stats_from_checkpoint(source: str | os.PathLike) -> VarianceStats:
         except (HFVarInitError, OSError) as exc:  # e.g. an optimal rule whose report is not at hand
             warnings.warn(f"init std of the checkpoint's rule {rule!r} unknown ({exc})", stacklevel=2)
             init_std = {}
-    rows, tracked, absent = [], [], []
+    counts, sums, tracked, absent = [], [], [], []
     for entry, _ in tracked_roles(model):
         name = _match(entry.name, files, prefix)
         if name is None:
             absent.append(entry.name)  # e.g. a head the checkpoint does not have
             continue
         tensor = entry.view(reader.get(name))
-        var, mean = torch.var_mean(tensor.float(), correction=0)
-        rows.append((float(var), float(mean)))
+        counts.append(tensor.numel())
+        sums.append(partial_sums(tensor))  # two numbers kept per tensor; the tensor itself is dropped
         tracked.append({"key": entry.key, "name": name, "role": entry.role, "layer": entry.layer,
                         "slice": str(entry.slice) if entry.slice else None, "fan_in": entry.fan_in,
                         "fan_out": entry.fan_out, "numel": tensor.numel(), "init_std": init_std.get(entry.key)})
-    if not rows:
+    if not sums:
         raise ReportError(f"{source}: none of the model's tracked tensors were found in the checkpoint")
-    var = np.array([[r[0] for r in rows]], dtype=np.float32)
-    mean = np.array([[r[1] for r in rows]], dtype=np.float32)
+    var_mean = combine(torch.tensor(counts), torch.stack(sums)).numpy()  # (T, 2): var, mean
+    var, mean = var_mean[None, :, 0], var_mean[None, :, 1]  # one record: (1, T)
     metadata = {
         "format": "hf_varinit.variance", "format_version": 1, "model_type": config.model_type,
         "config": json.loads(config.to_json_string(use_diff=False)), "n_layer": num_layers(config),
         "rule": rule, "source": "checkpoint", "checkpoint": str(source), "absent_tensors": absent,
     }
-    return VarianceStats(step=np.zeros(1, dtype=np.int64), mean=mean, var=var,
-                         second_moment=(var.astype(np.float64) + mean.astype(np.float64) ** 2).astype(np.float32),
+    return VarianceStats(step=np.zeros(1, dtype=np.int64), mean=mean, var=var, second_moment=second_moment(var, mean),
                          tracked=tracked, metadata=metadata, path=None)

@@ -1,42 +1,42 @@
 """`VarianceRecorder`: per-layer Q/K/V (and projection, embedding, head) weight statistics during training.
 
-Each record computes, for every tracked tensor or slice, the sum and the sum of squares of the float32
-master weights (two reductions per tensor, no ``.item()``), combines them in float64 into the population
-mean and variance, and moves them to the host in a single transfer. The second moment is ``var + mean^2``.
-(``torch.var_mean`` gives the same numbers to ~1e-6 but is ~8x slower on CPU.)
+Each record reduces every tracked tensor or slice with the moment kernel (`moments.var_mean`: two reductions
+per tensor, no ``.item()``, sharded weights summed over ranks by one all-reduce) and moves the (T, 2)
+``[var, mean]`` to the host in a single transfer.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
+from hf_varinit.arch import num_layers
 from hf_varinit.errors import HFVarInitError, StatsError
-from hf_varinit.init.roles import TensorRole, num_layers, tracked_roles
-from hf_varinit.record.sharded import is_sharded, sharded_var_mean
+from hf_varinit.init.patch import init_plan
+from hf_varinit.init.roles import TensorRole, tracked_roles
+from hf_varinit.record.moments import second_moment, var_mean
+from hf_varinit.record.stats_file import save_stats
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DDP / compile / Accelerate wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
+    """The bare model inside DDP / DeepSpeed / FSDP / ``torch.compile`` wrappers, in any nesting."""
+    while (inner := extract_model_from_parallel(model, keep_torch_compile=False)) is not model:
         model = inner
+    return model
 
 
 class VarianceRecorder:
     """Record mean, variance and second moment of every tracked weight every ``every`` steps.
 
     Under FSDP2 (``fully_shard``) the statistics are computed from the shards with one all-reduce; build
-    the recorder after sharding (or call ``sharded.rebind``), since sharding replaces the parameters.
+    the recorder after sharding (or call ``moments.rebind``), since sharding replaces the parameters.
 
     Args:
         model (`nn.Module`): the model (wrapped or not); its tracked tensors come from `roles.tracked_roles`.
@@ -61,7 +61,6 @@ class VarianceRecorder:
             raise StatsError(f"{type(self.model).__name__} has no tracked weights (no linear or embedding layers)")
         # default: the rule `from_config` / `apply_init` built the model with
         self.rule = rule if rule is not None else getattr(self.model, "varinit_init_rule", None)
-        self._counts = torch.tensor([math.prod(e.shape) for e, _ in self.entries], dtype=torch.float64)
         self._steps: list[int] = []
         self._rows: list[np.ndarray] = []  # one (T, 2) array [var, mean] per record
 
@@ -76,17 +75,7 @@ class VarianceRecorder:
     @torch.no_grad()
     def compute(self) -> torch.Tensor:
         """(T, 2) float32 tensor of [population variance, mean] per tracked tensor, on the weights' device."""
-        if is_sharded(self.entries):  # FSDP2: sums from the shards, one all-reduce (every rank must call)
-            return sharded_var_mean(self.entries)
-        sums = []
-        for entry, p in self.entries:
-            flat = entry.view(p).detach().float().reshape(-1)  # a copy only for strided Q/K/V slices
-            sums.append(torch.stack((flat.sum(), torch.dot(flat, flat))))
-        moments = torch.stack(sums).double()  # (T, 2): sum, sum of squares; two BLAS-speed passes, not Welford
-        count = self._counts.to(moments.device)
-        mean = moments[:, 0] / count
-        var = (moments[:, 1] / count - mean * mean).clamp_min(0.0)
-        return torch.stack((var, mean), dim=1).float()
+        return var_mean(self.entries)
 
     def record(self, step: int) -> None:
         """Record the statistics at ``step`` (steps must increase; a repeated step is ignored)."""
@@ -131,7 +120,7 @@ class VarianceRecorder:
             "step": np.asarray(self._steps, dtype=np.int64),
             "mean": mean,
             "var": var,
-            "second_moment": (var.astype(np.float64) + mean.astype(np.float64) ** 2).astype(np.float32),
+            "second_moment": second_moment(var, mean),
         }
 
     def tracked(self) -> list[dict]:
@@ -155,8 +144,6 @@ class VarianceRecorder:
     def _init_stds(self) -> dict[str, float]:
         if self.rule is None:
             return {}
-        from hf_varinit.init.patch import init_plan
-
         try:
             return {row.key: row.std for row in init_plan(self.model, self.rule) if row.std is not None}
         except (HFVarInitError, OSError) as exc:  # a report gone by now must not stop the run from saving
@@ -178,7 +165,5 @@ class VarianceRecorder:
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> Path:
         """Write ``variance.safetensors`` (a folder or a file path) atomically; return its path."""
-        from hf_varinit.record.stats_file import save_stats
-
         meta = {**self.metadata(), **(metadata or {})}
         return save_stats(path, **self.arrays(), tracked=self.tracked(), metadata=meta)

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import os
 import struct
@@ -33,13 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
+from hf_varinit.arch import num_layers
 from hf_varinit.errors import StatsError
 from hf_varinit.io_utils import atomic_path
 
-__all__ = [
-    "FORMAT", "FORMAT_VERSION", "STATS_FILENAME", "VarianceStats", "concat", "load_stats", "save_stats",
-]
+__all__ = ["FORMAT", "FORMAT_VERSION", "STATS_FILENAME", "VarianceStats", "concat", "library_versions", "load_stats",
+           "save_stats"]
 
 FORMAT = "hf_varinit.variance"
 FORMAT_VERSION = "1"
@@ -47,6 +50,17 @@ STATS_FILENAME = "variance.safetensors"
 STAT_NAMES = ("mean", "var", "second_moment")
 _RESERVED = ("format", "format_version", "tracked")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit; anything bigger is not our file
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of torch, transformers, accelerate and hf_varinit (the ``versions`` metadata field)."""
+    versions = {}
+    for name in ("torch", "transformers", "accelerate", "hf_varinit"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:  # e.g. run from a source tree that is not installed
+            versions[name] = "unknown"
+    return versions
 
 
 def _resolve(path: str | os.PathLike[str], *, for_write: bool) -> Path:
@@ -105,16 +119,12 @@ def _check_arrays(step: np.ndarray, stats: dict[str, np.ndarray], n_tracked: int
     expected = (step.shape[0], n_tracked)
     for name, arr in stats.items():
         if tuple(arr.shape) != expected:
-            raise StatsError(
-                f"{where}: '{name}' has shape {tuple(arr.shape)}, expected [S, T] = {expected} "
-                f"(S = len(step), T = len(tracked))"
-            )
+            raise StatsError(f"{where}: '{name}' has shape {tuple(arr.shape)}, expected [S, T] = {expected} "
+                             f"(S = len(step), T = len(tracked))")
     if step.size > 1 and not np.all(np.diff(step) > 0):
         bad = int(np.argmax(np.diff(step) <= 0))
-        raise StatsError(
-            f"{where}: steps must be strictly increasing; step[{bad}]={step[bad]} then step[{bad + 1}]="
-            f"{step[bad + 1]}"
-        )
+        raise StatsError(f"{where}: steps must be strictly increasing; step[{bad}]={step[bad]} then "
+                         f"step[{bad + 1}]={step[bad + 1]}")
 
 
 def _as_step(step: Any, where: str) -> np.ndarray:
@@ -221,7 +231,7 @@ class VarianceStats:
 
     @property
     def n_layer(self) -> int | None:
-        value = self.metadata.get("n_layer", self.config.get("n_layer", self.config.get("num_hidden_layers")))
+        value = self.metadata["n_layer"] if "n_layer" in self.metadata else num_layers(self.config)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     # --- transforms ---------------------------------------------------------------------------
@@ -267,14 +277,10 @@ def concat(a: VarianceStats, b: VarianceStats) -> VarianceStats:
     """
     if set(a.keys) != set(b.keys):
         missing, extra = sorted(set(a.keys) - set(b.keys)), sorted(set(b.keys) - set(a.keys))
-        raise StatsError(
-            f"cannot concatenate records with different tracked keys: missing {missing}, extra {extra}"
-        )
+        raise StatsError(f"cannot concatenate records with different tracked keys: missing {missing}, extra {extra}")
     if len(a) and len(b) and b.step[0] <= a.step[-1]:
-        raise StatsError(
-            f"cannot concatenate: steps overlap (first record ends at step {int(a.step[-1])}, second starts "
-            f"at step {int(b.step[0])}); use slice_steps({int(b.step[0]) - 1}) on the first record"
-        )
+        raise StatsError(f"cannot concatenate: steps overlap (first record ends at step {int(a.step[-1])}, second "
+                         f"starts at step {int(b.step[0])}); use slice_steps({int(b.step[0]) - 1}) on the first record")
     order = [b.index(k) for k in a.keys]
     return VarianceStats(
         step=np.concatenate([a.step, b.step]),
@@ -313,8 +319,6 @@ def save_stats(
         StatsError: inconsistent shapes, non-increasing steps, bad or duplicated keys, metadata that is
             not JSON-serializable.
     """
-    from safetensors.numpy import save_file
-
     dest = _resolve(path, for_write=True)
     stats = VarianceStats(step=step, mean=mean, var=var, second_moment=second_moment,
                           tracked=tracked, metadata={}, path=dest)
@@ -371,8 +375,6 @@ def load_stats(path: str | os.PathLike[str]) -> VarianceStats:
         StatsError: the file is missing, not safetensors, truncated or corrupt, of another format or
             version, or its tensors and metadata are inconsistent.
     """
-    from safetensors import safe_open
-
     p = _resolve(path, for_write=False)
     if not p.is_file():
         hint = f" (no {STATS_FILENAME} in that folder)" if Path(path).is_dir() else ""
@@ -384,16 +386,12 @@ def load_stats(path: str | os.PathLike[str]) -> VarianceStats:
             names = set(f.keys())
             missing = [n for n in ("step", *STAT_NAMES) if n not in names]
             if raw_meta.get("format") != FORMAT:
-                raise StatsError(
-                    f"{p}: wrong format {raw_meta.get('format')!r}; expected {FORMAT!r} (is this a model "
-                    "checkpoint rather than a variance record?)"
-                )
+                raise StatsError(f"{p}: wrong format {raw_meta.get('format')!r}; expected {FORMAT!r} (is this a "
+                                 "model checkpoint rather than a variance record?)")
             version = raw_meta.get("format_version")
             if version != FORMAT_VERSION:
-                raise StatsError(
-                    f"{p}: unsupported format_version {version!r}; this hf_varinit reads version "
-                    f"{FORMAT_VERSION} (upgrade hf_varinit to read newer files)"
-                )
+                raise StatsError(f"{p}: unsupported format_version {version!r}; this hf_varinit reads version "
+                                 f"{FORMAT_VERSION} (upgrade hf_varinit to read newer files)")
             if missing:
                 raise StatsError(f"{p}: missing tensor(s) {missing}; found {sorted(names)}")
             arrays = {n: f.get_tensor(n) for n in ("step", *STAT_NAMES)}

@@ -17,8 +17,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.stats import spearmanr
 
+from hf_varinit.arch import layer_key
 from hf_varinit.record.stats_file import VarianceStats
+from hf_varinit.report.tables import markdown_table
 
 QKV = ("q", "k", "v")
 
@@ -62,44 +65,28 @@ class DepthDynamics:
         return {**asdict(self), "verdict": self.verdict}
 
     def to_markdown(self) -> str:
-        head = "| layer | " + " | ".join(f"early change {r.upper()}" for r in QKV) + " | " + " | ".join(
-            f"half-change step {r.upper()}" for r in QKV) + " | " + " | ".join(
-            f"var(T)/var(0) {r.upper()}" for r in QKV) + " |"
-        lines = [head, "|" + "---|" * 10]
-        for d in self.layers:
-            cells = [f"{d.early_change.get(r, float('nan')):.3g}" for r in QKV]
-            cells += ["—" if d.half_change_step.get(r) is None else str(d.half_change_step[r]) for r in QKV]
-            cells += [f"{d.total_change.get(r, float('nan')):.3g}" for r in QKV]
-            lines.append(f"| {d.layer} | " + " | ".join(cells) + " |")
+        """The per-layer table, then the Spearman correlations and the verdict."""
+        headers = ["layer", *(f"{name} {r.upper()}" for name in ("early change", "half-change step", "var(T)/var(0)")
+                              for r in QKV)]
+        rows = [[d.layer, *(f"{d.early_change.get(r, float('nan')):.3g}" for r in QKV),
+                 *(d.half_change_step.get(r) for r in QKV),
+                 *(f"{d.total_change.get(r, float('nan')):.3g}" for r in QKV)] for d in self.layers]
+        table = markdown_table([dict(enumerate(row)) for row in rows], list(range(len(headers))), headers)
         fmt = lambda x: "—" if x is None else f"{x:+.2f}"  # noqa: E731
-        lines.append("")
-        lines.append(f"Spearman rho(depth, early change by step {self.early_step}) = {fmt(self.rho_early_change)}; "
-                     f"rho(depth, half-change step) = {fmt(self.rho_half_change_step)}; "
-                     f"rho(depth, equilibration step) = {fmt(self.rho_equilibration_step)}. **{self.verdict}.**")
-        return "\n".join(lines)
+        return (f"{table}\n\nSpearman rho(depth, early change by step {self.early_step}) = "
+                f"{fmt(self.rho_early_change)}; rho(depth, half-change step) = {fmt(self.rho_half_change_step)}; "
+                f"rho(depth, equilibration step) = {fmt(self.rho_equilibration_step)}. **{self.verdict}.**")
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Spearman rank correlation (average ranks for ties); None if undefined."""
+    """Spearman rank correlation (`scipy.stats.spearmanr`, average ranks for ties) over the pairs where both are
+    finite; None with fewer than 3 pairs or a constant side."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    if x.size < 3:
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
-    rx, ry = _ranks(x), _ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
-        return None
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values), dtype=float)
-    for v in np.unique(values):  # average ranks of ties
-        tie = values == v
-        ranks[tie] = ranks[tie].mean()
-    return ranks
+    return float(spearmanr(x, y).statistic)
 
 
 def depth_dynamics(stats: VarianceStats, early_fraction: float = 0.1,
@@ -117,7 +104,7 @@ def depth_dynamics(stats: VarianceStats, early_fraction: float = 0.1,
     for layer in stats.layers():
         early, half, total = {}, {}, {}
         for role in QKV:
-            key = f"layers.{layer}.{role}"
+            key = layer_key(layer, role)
             if key not in stats.keys:
                 continue
             var = stats.series(key, "var").astype(np.float64)

@@ -9,21 +9,20 @@ depth is mapped by relative depth only with ``allow-depth-interpolation``.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
+from hf_varinit.arch import hidden_size, layer_key, num_layers, parse_layer_key, shape_differences
 from hf_varinit.errors import ReportError, RuleError
-from hf_varinit.init.roles import TensorRole, hidden_size, num_layers
+from hf_varinit.init.roles import TensorRole
 from hf_varinit.init.rules import Init, InitRule, ModelContext, _check_choice, get_rule, register_rule
+from hf_varinit.report.report import VarianceReport
 
-_LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
 
-
-def _load_report(source: str):
+def _load_report(source: str) -> VarianceReport:
     """Load a report, cached on the source and the modification time of its files (a rewritten report reloads)."""
     path = Path(source)
     stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())) if path.is_dir() \
@@ -32,9 +31,7 @@ def _load_report(source: str):
 
 
 @lru_cache(maxsize=16)
-def _load_report_cached(source: str, stamp):
-    from hf_varinit.report.report import VarianceReport
-
+def _load_report_cached(source: str, stamp) -> VarianceReport:
     return VarianceReport.load(source)
 
 
@@ -57,9 +54,9 @@ def interpolate_depth(variances: dict[str, float], src_layers: int, dst_layers: 
     by_role: dict[str, dict[int, float]] = {}
     out: dict[str, tuple[float, str]] = {}
     for key, v in variances.items():
-        m = _LAYER_KEY.match(key)
-        if m:
-            by_role.setdefault(m.group(2), {})[int(m.group(1))] = v
+        layer, role = parse_layer_key(key)
+        if layer is not None:
+            by_role.setdefault(role, {})[layer] = v
         else:
             out[key] = (v, "")
     for role, layers in by_role.items():
@@ -71,7 +68,7 @@ def interpolate_depth(variances: dict[str, float], src_layers: int, dst_layers: 
             w = pos - lo
             value = (1 - w) * layers[lo] + w * layers[hi]
             note = f"interpolated from layer {lo}" if lo == hi else f"interpolated from layers {lo}-{hi} (w={w:.2f})"
-            out[f"layers.{j}.{role}"] = (value, note)
+            out[layer_key(j, role)] = (value, note)
     return out
 
 
@@ -136,7 +133,7 @@ class OptimalRule(InitRule):
         return BoundOptimalRule(table, fallback, f"report {self.report}")
 
 
-def _check_architecture(report, config, source: str) -> None:
+def _check_architecture(report: VarianceReport, config, source: str) -> None:
     if config is None:
         return
     model_type = getattr(config, "model_type", None)
@@ -145,32 +142,20 @@ def _check_architecture(report, config, source: str) -> None:
             f"report {source!r} was measured on model_type {report.model_type!r}, but the model is "
             f"{model_type!r}; use a report of the same architecture"
         )
-    widths = (report.config.get(k) for k in ("hidden_size", "n_embd", "d_model") if k in report.config)
-    report_width = next(widths, None)
+    report_width = hidden_size(report.config)
     width = hidden_size(config)
     if report_width and width and int(report_width) != width:
         raise ReportError(
             f"report {source!r} was measured at hidden size {report_width}, but the model has {width}; "
             "V(W) depends on the width, so use a report of the same width"
         )
-    mine = config.to_dict()
-    for key in _SHAPE_KEYS:
-        theirs = report.config.get(key)
-        if key in mine and theirs is not None and mine[key] is not None and _widths(theirs) != _widths(mine[key]):
-            raise ReportError(
-                f"report {source!r} was measured with {key}={theirs}, but the model has {key}={mine[key]}; "
-                "the tensors' shapes differ, so use a report of the same architecture"
-            )
-
-
-# Config entries that fix the shapes of tracked tensors (besides the hidden size and depth).
-_SHAPE_KEYS = ("intermediate_size", "n_inner", "num_attention_heads", "n_head", "num_key_value_heads",
-               "input_size", "hidden_sizes", "head_dim")
-
-
-def _widths(value):
-    """A config value compared across depths: a list of layer widths compares as its set of widths."""
-    return sorted(set(value)) if isinstance(value, (list, tuple)) else value
+    differences = shape_differences(report.config, config)
+    if differences:
+        key, theirs, mine = differences[0]
+        raise ReportError(
+            f"report {source!r} was measured with {key}={theirs}, but the model has {key}={mine}; "
+            "the tensors' shapes differ, so use a report of the same architecture"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""PNG plots of a :class:`~hf_varinit.report.report.VarianceReport` (matplotlib, Agg canvas, no display).
+"""PNG plots of a variance report (matplotlib, Agg canvas, no display), drawn from plain data: the per-tensor
+analyses (`KeyAnalysis`), the record (`VarianceStats`) and the equilibration band.
 
 * ``qkv_variance.png``: one panel per role (Q, K, V when present), variance vs step, one line per layer
-  coloured by depth, with a colorbar. Needs the record (``report.stats``); skipped without it.
+  coloured by depth, with a colorbar. Needs the record; skipped without it.
 * ``equilibration.png``: equilibration step vs depth, one line per role.
 * ``steady_state_vs_depth.png``: V(W) vs depth per role, the init variance as dashed lines; tensors
   that are not stationary are drawn as hollow markers.
@@ -13,12 +14,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hf_varinit.io_utils import atomic_path
-
-if TYPE_CHECKING:
-    from hf_varinit.report.report import KeyAnalysis, VarianceReport
+from hf_varinit.record.stats_file import VarianceStats
+from hf_varinit.report.steady_state import KeyAnalysis
 
 __all__ = ["PLOT_FILES", "display_roles", "role_keys", "write_plots"]
 
@@ -71,24 +71,23 @@ def _positive(values: list[float]) -> bool:
     return bool(values) and all(v is not None and math.isfinite(v) and v > 0 for v in values)
 
 
-def plot_variance_curves(report: VarianceReport, path: Path) -> Path | None:
-    """``qkv_variance.png``: variance vs step per role; None when the report has no record."""
+def plot_variance_curves(tensors: dict[str, KeyAnalysis], stats: VarianceStats | None, path: Path) -> Path | None:
+    """``qkv_variance.png``: variance vs step per role; None without a record."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    stats = report.stats
     if stats is None or len(stats) == 0:
         return None
-    roles = display_roles(report.tensors)
-    depths = [d for r in roles for d, _ in role_keys(report.tensors, r)] or [0]
+    roles = display_roles(tensors)
+    depths = [d for r in roles for d, _ in role_keys(tensors, r)] or [0]
     norm = Normalize(vmin=min(depths), vmax=max(max(depths), min(depths) + 1))
     cmap = colormaps["viridis"]
     fig, axes = _figure(len(roles))
     steps = stats.step
     for ax, role in zip(axes, roles):
         all_vals: list[float] = []
-        for depth, key in role_keys(report.tensors, role):
+        for depth, key in role_keys(tensors, role):
             series = stats.series(key, "var")
             all_vals.extend(float(v) for v in series)
             ax.plot(steps, series, color=cmap(norm(depth)), lw=1.2)
@@ -103,16 +102,16 @@ def plot_variance_curves(report: VarianceReport, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_equilibration(report: VarianceReport, path: Path) -> Path:
-    """``equilibration.png``: equilibration step vs depth, one line per role."""
+def plot_equilibration(tensors: dict[str, KeyAnalysis], band: float, path: Path) -> Path:
+    """``equilibration.png``: equilibration step vs depth, one line per role (``band``: the relative band used)."""
     fig, (ax,) = _figure(1, width=5.5)
     never = 0
-    for role in display_roles(report.tensors):
-        rows = [(d, report.tensors[k].equilibration_step) for d, k in role_keys(report.tensors, role)]
+    for role in display_roles(tensors):
+        rows = [(d, tensors[k].equilibration_step) for d, k in role_keys(tensors, role)]
         never += sum(s is None for _, s in rows)
         pts = [(d, s) for d, s in rows if s is not None]
         ax.plot([d for d, _ in pts], [s for _, s in pts], marker="o", label=_ROLE_TITLES.get(role, role))
-    title = f"Equilibration step (band ±{report.options.band:g})"
+    title = f"Equilibration step (band ±{band:g})"
     ax.set_title(title + (f"; {never} never equilibrated" if never else ""))
     ax.set_xlabel("layer (depth)")
     _integer_depth(ax.xaxis)
@@ -123,13 +122,13 @@ def plot_equilibration(report: VarianceReport, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_steady_state(report: VarianceReport, path: Path) -> Path:
+def plot_steady_state(tensors: dict[str, KeyAnalysis], path: Path) -> Path:
     """``steady_state_vs_depth.png``: V(W) vs depth per role against the init variance (dashed)."""
     fig, (ax,) = _figure(1, width=5.5)
     values: list[float] = []
-    for i, role in enumerate(display_roles(report.tensors)):
+    for i, role in enumerate(display_roles(tensors)):
         color = f"C{i % 10}"
-        rows = [(d, report.tensors[k]) for d, k in role_keys(report.tensors, role)]
+        rows = [(d, tensors[k]) for d, k in role_keys(tensors, role)]
         rows = [(d, a) for d, a in rows if a.v_w is not None and math.isfinite(a.v_w)]
         label = _ROLE_TITLES.get(role, role)
         ax.plot([d for d, _ in rows], [a.v_w for _, a in rows], color=color, marker="o",
@@ -153,12 +152,20 @@ def plot_steady_state(report: VarianceReport, path: Path) -> Path:
     return _save(fig, path)
 
 
-def write_plots(report: VarianceReport, folder: str | Path) -> list[Path]:
-    """Write the report's PNGs into ``folder`` (atomically); returns the files written."""
+def write_plots(folder: str | Path, tensors: dict[str, KeyAnalysis], stats: VarianceStats | None,
+                band: float) -> list[Path]:
+    """Write the report's PNGs into ``folder`` (each atomically); returns the files written.
+
+    Args:
+        folder (`str` or `Path`): where the PNGs go.
+        tensors (`dict[str, KeyAnalysis]`): the steady-state analysis per tracked key.
+        stats (`VarianceStats`, *optional*): the record; without it ``qkv_variance.png`` is skipped.
+        band (`float`): the relative band of the equilibration step, for the plot's title.
+    """
     folder = Path(folder)
     written = [
-        plot_variance_curves(report, folder / PLOT_FILES[0]),
-        plot_equilibration(report, folder / PLOT_FILES[1]),
-        plot_steady_state(report, folder / PLOT_FILES[2]),
+        plot_variance_curves(tensors, stats, folder / PLOT_FILES[0]),
+        plot_equilibration(tensors, band, folder / PLOT_FILES[1]),
+        plot_steady_state(tensors, folder / PLOT_FILES[2]),
     ]
     return [p for p in written if p is not None]

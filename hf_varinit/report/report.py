@@ -14,33 +14,26 @@ import dataclasses
 import json
 import math
 import os
-import re
-import shutil
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from huggingface_hub import ModelCard
 
 from hf_varinit.errors import ReportError, StatsError
 from hf_varinit.io_utils import atomic_write_json, atomic_write_text
 from hf_varinit.record.stats_file import STATS_FILENAME, VarianceStats, load_stats, save_stats
+from hf_varinit.report import plots
+from hf_varinit.report.card import build_card, layer_table
+from hf_varinit.report.publish import download_folder, push_folder, push_written, save_folder
 from hf_varinit.report.steady_state import AnalysisOptions, KeyAnalysis, analyze, analyze_series, layer_equilibration
 
-__all__ = ["AnalysisOptions", "KeyAnalysis", "VarianceReport", "analyze", "analyze_series", "main_report"]
+__all__ = ["AnalysisOptions", "KeyAnalysis", "VarianceReport", "analyze", "analyze_series"]
 
 STEADY_FORMAT = "hf_varinit.report.steady_state"
 STEADY_VERSION = 1
 STEADY_FILENAME = "steady_state.json"
 CARD_FILENAME = "README.md"
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return env in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
-
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 class VarianceReport:
@@ -141,20 +134,7 @@ class VarianceReport:
 
     @classmethod
     def _from_hub(cls, repo_id: str) -> VarianceReport:
-        if not _REPO_ID.match(repo_id) or repo_id.count("/") > 1:
-            raise ReportError(f"{repo_id!r}: no such file or folder, and not a hub repo id")
-        if _hub_offline():
-            raise ReportError(f"{repo_id!r} is not a local path and the hub is unreachable "
-                              "(HF_HUB_OFFLINE=1); download the report folder and pass its path")
-        from huggingface_hub import snapshot_download
-
-        try:
-            local = snapshot_download(
-                repo_id, allow_patterns=[STEADY_FILENAME, STATS_FILENAME, CARD_FILENAME])
-        except Exception as exc:  # offline, missing repo, auth...
-            raise ReportError(f"{repo_id!r} is not a local path and could not be downloaded from the hub: "
-                              f"{type(exc).__name__}: {exc}") from exc
-        report = cls.load(local)
+        report = cls.load(download_folder(repo_id, [STEADY_FILENAME, STATS_FILENAME, CARD_FILENAME]))
         report.origin = repo_id
         return report
 
@@ -201,9 +181,20 @@ class VarianceReport:
 
     def to_markdown_table(self) -> str:
         """Per-layer markdown table: layer, V(W) per role, stationary?, equilibration step."""
-        from hf_varinit.report.card import layer_table
+        return layer_table(self.tensors)
 
-        return layer_table(self)
+    def to_model_card(self, reference: str, extra_sections: Sequence[str] = ()) -> ModelCard:
+        """The model card (``README.md``).
+
+        Args:
+            reference (`str`): what the card's usage snippet passes as ``report=`` (a folder or a hub repo id).
+            extra_sections (`Sequence[str]`): markdown sections added after the caveats.
+        """
+        return build_card(
+            self.tensors, reference=reference, options=self.options, model_type=self.model_type,
+            n_layer=self.n_layer, rule=self.rule, config=self.config, metadata=self.metadata,
+            datasets=self.datasets, stats=self.stats, title=self.title, extra_sections=extra_sections,
+        )
 
     def to_steady_state(self) -> dict:
         """The ``steady_state.json`` document."""
@@ -217,7 +208,8 @@ class VarianceReport:
         }
 
     # --- writing ------------------------------------------------------------------------------
-    def save(self, folder: str | os.PathLike[str], *, reference: str | None = None) -> Path:
+    def save(self, folder: str | os.PathLike[str], *, reference: str | None = None,
+             extra_sections: Sequence[str] = ()) -> Path:
         """Write the report folder; returns it.
 
         Files: ``README.md`` (model card), ``steady_state.json``, ``variance.safetensors`` (when the
@@ -228,38 +220,19 @@ class VarianceReport:
         Args:
             folder (`str` or `os.PathLike`): destination folder.
             reference (`str`, *optional*): what the card's snippet passes as ``report=`` (default: folder).
+            extra_sections (`Sequence[str]`): markdown sections added to the card after its caveats.
         """
-        dest = Path(folder)
-        if dest.exists() and not dest.is_dir():
-            raise ReportError(f"{dest} exists and is not a folder; choose a folder for the report")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-        try:
-            self._write_files(tmp, reference or str(dest))
-            if not dest.exists():
-                try:
-                    os.replace(tmp, dest)
-                    return dest
-                except OSError:  # created concurrently: fall through to per-file replacement
-                    pass
-            dest.mkdir(parents=True, exist_ok=True)
-            for f in sorted(tmp.iterdir()):
-                os.replace(f, dest / f.name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return dest
+        reference = reference or str(folder)
+        return save_folder(folder, lambda tmp: self._write_files(tmp, reference, extra_sections))
 
-    def _write_files(self, folder: Path, reference: str) -> None:
-        from hf_varinit.report.card import build_card
-        from hf_varinit.report.plots import write_plots
-
+    def _write_files(self, folder: Path, reference: str, extra_sections: Sequence[str] = ()) -> None:
         if self.stats is not None:
             s = self.stats
             save_stats(folder / STATS_FILENAME, step=s.step, mean=s.mean, var=s.var,
                        second_moment=s.second_moment, tracked=s.tracked, metadata=s.metadata)
         atomic_write_json(folder / STEADY_FILENAME, self.to_steady_state())
-        write_plots(self, folder)
-        atomic_write_text(folder / CARD_FILENAME, str(build_card(self, reference)))
+        plots.write_plots(folder, self.tensors, self.stats, self.options.band)
+        atomic_write_text(folder / CARD_FILENAME, str(self.to_model_card(reference, extra_sections)))
 
     def push_to_hub(
         self, repo_id: str, *, token: str | None = None, private: bool = False,
@@ -268,34 +241,16 @@ class VarianceReport:
         """Upload the report to a hub model repo (created if needed); returns the repo URL.
 
         Raises:
-            ReportError: offline, unauthenticated or any network failure (nothing partial is left).
+            ReportError: a bad repo id, offline, unauthenticated or any network failure (nothing partial is left).
         """
         where = (f"the report was written to {_folder}; push later with `hf upload {repo_id} {_folder}`"
                  if _folder else "save it with report.save(folder) and push later with "
                  f"`hf upload {repo_id} <folder>`")
-        if _hub_offline():
-            raise ReportError(f"could not push to {repo_id}: offline (HF_HUB_OFFLINE=1); {where}")
-        from huggingface_hub import HfApi
-
-        tmp = None
-        try:
-            if _folder is None:
-                tmp = tempfile.mkdtemp(prefix="hf_varinit_report_")
-                self.save(Path(tmp) / "report", reference=repo_id)
-            api = HfApi(token=token)
-            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-            api.upload_folder(
-                repo_id=repo_id, folder_path=_folder or Path(tmp) / "report", repo_type="model",
-                commit_message=commit_message or f"Upload hf_varinit variance report ({self.model_type})",
-            )
-        except ReportError:
-            raise
-        except Exception as exc:  # network, auth, offline mode, validation...
-            raise ReportError(f"could not push to {repo_id}: {type(exc).__name__}: {exc}; {where}") from exc
-        finally:
-            if tmp:
-                shutil.rmtree(tmp, ignore_errors=True)
-        return str(url)
+        options = dict(token=token, private=private, where=where,
+                       commit_message=commit_message or f"Upload hf_varinit variance report ({self.model_type})")
+        if _folder is not None:
+            return push_folder(_folder, repo_id, **options)
+        return push_written(lambda tmp: self._write_files(tmp, repo_id), repo_id, **options)
 
     def save_and_push(self, folder: str | os.PathLike[str], repo_id: str, **kwargs: Any) -> str:
         """Write ``folder`` first (its card pointing at ``repo_id``), then push it; returns the repo URL."""
@@ -372,28 +327,3 @@ def _datasets_from(metadata: dict) -> list[str]:
     if isinstance(ds, list):
         return [d for d in ds if isinstance(d, str)]
     return []
-
-
-def main_report(
-    stats: VarianceStats | str | os.PathLike[str], output: str | os.PathLike[str], push_to_hub: str | None = None,
-    options: AnalysisOptions | None = None,
-) -> Path:
-    """``hf-varinit report``: analyse ``stats`` (a record or a path), write the folder ``output``, optionally push it.
-
-    Offline, the push fails with a `ReportError` after the folder is written, and the message says where it is.
-    """
-    try:
-        report = VarianceReport.from_stats(stats, options)
-    except StatsError as exc:
-        raise ReportError(f"cannot build a report: {exc}") from exc
-    folder = report.save(output, reference=push_to_hub)
-    print(f"variance report written to {folder}/")
-    for f in sorted(folder.iterdir()):
-        print(f"  {f.name}")
-    if report.nonstationary_keys:
-        keys = report.nonstationary_keys
-        print(f"not stationary ({len(keys)}): {', '.join(keys)}")
-    if push_to_hub:
-        url = report.push_to_hub(push_to_hub, _folder=folder)
-        print(f"pushed to {url}")
-    return folder

@@ -61,6 +61,12 @@ def _load_arrays(name: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], s
     return {s: (images[s], np.asarray(dd[s]["label"])) for s in dd}, f"hub:{what}"
 
 
+def hub_id(name: str) -> str | None:
+    """The hub id of classification set ``name`` (for a card's ``datasets``), None for the offline sets."""
+    where, what, _ = _CLASSIFICATION.get(name, (None, None, None))
+    return what if where == "hub" else None
+
+
 def list_classification_datasets() -> list[str]:
     """Names accepted by `load_classification`; "mnist" and "fashion_mnist" need the hub."""
     return list(_CLASSIFICATION)

@@ -22,7 +22,10 @@ import torch
 from torch import nn
 
 from hf_varinit.errors import ConfigError
+from hf_varinit.init.patch import from_config
+from hf_varinit.models.mlp import VarInitMLPConfig
 from hf_varinit.record.recorder import VarianceRecorder
+from hf_varinit.record.stats_file import VarianceStats
 
 __all__ = ["MLPRun", "build_mlp", "evaluate", "init_diagnostics", "run_stats", "train_mlp"]
 
@@ -59,9 +62,6 @@ class MLPRun:
 
 def build_mlp(data, depth: int, width: int, rule: Any, seed: int, activation: str = "relu") -> nn.Module:
     """An MLP for ``data`` built through the product's init path: ``from_config(..., rule=rule, seed=seed)``."""
-    from hf_varinit.init.patch import from_config
-    from hf_varinit.models.mlp import VarInitMLPConfig
-
     config = VarInitMLPConfig(
         input_size=data.num_features, hidden_sizes=[width] * depth, num_labels=data.num_classes, activation=activation
     )
@@ -217,8 +217,6 @@ def _train(model, data, *, optimizer, lr, momentum, weight_decay, batch_size, ep
 
 def run_stats(run: MLPRun, metadata: dict | None = None):
     """The recorded statistics of ``run`` as a `VarianceStats` (for `report.analyze` / `VarianceReport`)."""
-    from hf_varinit.record.stats_file import VarianceStats
-
     if run.recorder is None:
         raise ConfigError("this run recorded no statistics; pass record_every=N to train_mlp")
     meta = {**run.recorder.metadata(), **(metadata or {})}

@@ -1,4 +1,4 @@
-"""Shared writing helpers of the studies: report folders written atomically, markdown tables, model cards."""
+"""Shared writing helpers of the studies: report folders written atomically, CSV text, seed statistics, cards."""
 
 from __future__ import annotations
 
@@ -6,18 +6,16 @@ import csv
 import io
 import math
 import os
-import shlex
-import shutil
-import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-__all__ = [
-    "add_threads_argument", "apply_threads", "command_line", "csv_text", "fmt", "json_safe", "markdown_table",
-    "mean_std", "model_card", "write_folder",
-]
+from huggingface_hub import ModelCard, ModelCardData
+
+from hf_varinit.io_utils import atomic_folder
+
+__all__ = ["csv_text", "mean_std", "model_card", "write_folder"]
+
+CARD_TEMPLATE = "---\n{{ card_data }}\n---\n{{ body }}"  # YAML metadata, then the study's markdown
 
 
 def write_folder(dest: str | os.PathLike[str], writers: dict[str, Callable[[Path], None]]) -> Path:
@@ -25,52 +23,24 @@ def write_folder(dest: str | os.PathLike[str], writers: dict[str, Callable[[Path
 
     A new folder is renamed into place; an existing one gets each file replaced atomically (other files in it
     are left alone). If a writer raises, ``dest`` is untouched.
+
+    Args:
+        dest (`str` or `os.PathLike`): the report folder.
+        writers (`dict[str, Callable[[Path], None]]`): file name (relative to ``dest``) -> its writer.
+
+    Returns:
+        `Path`: ``dest``.
     """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
+    with atomic_folder(dest, merge=True) as tmp:
         for name, writer in writers.items():
             target = tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)
             writer(target)
-        if not dest.exists():
-            try:
-                os.replace(tmp, dest)
-                return dest
-            except OSError:
-                pass
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in sorted(tmp.rglob("*")):
-            if f.is_file():
-                target = dest / f.relative_to(tmp)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(f, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def fmt(x: Any, digits: int = 4) -> str:
-    """A table cell: floats with ``digits`` significant digits, None as an em dash."""
-    if x is None:
-        return "—"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, float):
-        return f"{x:.{digits}g}" if math.isfinite(x) else str(x)
-    return str(x).replace("|", "\\|")
-
-
-def markdown_table(rows: Sequence[dict], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
-    """A GitHub markdown table of ``rows`` (dicts) restricted to ``columns``."""
-    head = list(headers or columns)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    return Path(dest)
 
 
 def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """CSV text of ``rows`` (dicts) restricted to ``columns``; None is an empty field."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -90,44 +60,15 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))
 
 
-def json_safe(obj: Any) -> Any:
-    """Replace non-finite floats by None (strict JSON), recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-def command_line(module: str, subcommand: str, argv: Sequence[str] | None) -> str:
-    """The regenerating command, as ``hf-varinit <subcommand> <args>``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == subcommand:
-        args = args[1:]
-    return " ".join(["hf-varinit", subcommand, *map(shlex.quote, args)])
-
-
 def model_card(*, tags: Sequence[str], datasets: Sequence[str], body: str, extra: dict | None = None) -> str:
-    """A model card (``README.md``) text with YAML metadata, via ``huggingface_hub.ModelCard``."""
-    from huggingface_hub import ModelCard, ModelCardData
+    """A model card (``README.md``) text with YAML metadata, via ``huggingface_hub.ModelCard``.
 
+    Args:
+        tags (`Sequence[str]`): card tags (``hf-varinit`` is always first).
+        datasets (`Sequence[str]`): hub ids of the datasets (may be empty).
+        body (`str`): the markdown below the metadata.
+        extra (`dict`, *optional*): further `ModelCardData` fields.
+    """
     data = ModelCardData(library_name="hf_varinit", tags=list(dict.fromkeys(["hf-varinit", *tags])),
                          datasets=list(datasets) or None, **(extra or {}))
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
-
-
-def add_threads_argument(parser) -> None:
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: leave torch's setting); 1 is fastest for these small MLPs "
-                             "on a busy machine")
-
-
-def apply_threads(args) -> None:
-    """``torch.set_num_threads(args.threads)`` when ``--threads`` was given."""
-    threads = getattr(args, "threads", None)
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
+    return str(ModelCard.from_template(data, template_str=CARD_TEMPLATE, body=body))

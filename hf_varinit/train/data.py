@@ -1,8 +1,8 @@
 """Text corpora for pretraining: loading, a byte-level BPE tokenizer, packing into blocks.
 
 Offline by default: the corpus is the running interpreter's own standard library. Local text / jsonl
-files and hub datasets and tokenizers work too. The classification sets of the MLP studies are in
-`hf_varinit.studies.datasets` (re-exported here).
+files and hub datasets and tokenizers work too. (The classification sets of the MLP studies are in
+`hf_varinit.studies.datasets`.)
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import transformers
 from datasets.table import InMemoryTable
+from filelock import FileLock
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from hf_varinit.errors import DataError
-from hf_varinit.studies.datasets import (  # noqa: F401  (re-exported: the MLP studies' sets)
-    ClassificationData,
-    list_classification_datasets,
-    load_classification,
-)
+from hf_varinit.io_utils import atomic_path
 
 EOS_TOKEN = "<|endoftext|>"
 _TEXT_SUFFIXES = (".txt", ".md", ".py")
@@ -207,10 +205,9 @@ def train_tokenizer(
     """Train a byte-level BPE tokenizer (GPT-2 style) on `texts`, or load it from `cache_dir`.
 
     The cache key is the sha256 of the recipe, `vocab_size` and the texts, so the same texts give the same
-    `cache_dir/<key>/tokenizer.json`. "<|endoftext|>" is the bos, eos, unk and pad token.
+    `cache_dir/<key>/tokenizer.json`; a file lock makes concurrent runs train it once. "<|endoftext|>" is the
+    bos, eos, unk and pad token.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     texts = [str(t) for t in texts]
     if not any(t.strip() for t in texts):
         raise DataError("cannot train a tokenizer on an empty corpus; give some non-blank texts.")
@@ -221,10 +218,20 @@ def train_tokenizer(
         data = t.encode("utf-8", "surrogatepass")
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
-    cached = None if cache_dir is None else Path(cache_dir) / digest.hexdigest() / "tokenizer.json"
-    if cached is not None and cached.is_file():
-        return _wrap_tokenizer(Tokenizer.from_file(str(cached)))
+    if cache_dir is None:
+        return _wrap_tokenizer(_train_bpe(texts, vocab_size))
+    cached = Path(cache_dir) / digest.hexdigest() / "tokenizer.json"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(cached.with_name("tokenizer.json.lock")):  # one trainer; the others wait and read its file
+        if not cached.is_file():
+            tok = _train_bpe(texts, vocab_size)
+            with atomic_path(cached) as tmp:
+                tok.save(str(tmp))
+    return _wrap_tokenizer(Tokenizer.from_file(str(cached)))
 
+
+def _train_bpe(texts: list[str], vocab_size: int) -> Tokenizer:
+    """A GPT-2 style byte-level BPE trained on ``texts``."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -233,12 +240,7 @@ def train_tokenizer(
         vocab_size=vocab_size, special_tokens=[EOS_TOKEN], initial_alphabet=alphabet, show_progress=False
     )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    if cached is not None:  # write then rename, so a reader never sees half a file
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"tokenizer.json.tmp-{os.getpid()}")
-        tok.save(str(tmp))
-        os.replace(tmp, cached)
-    return _wrap_tokenizer(tok)
+    return tok
 
 
 def get_tokenizer(

@@ -1,12 +1,14 @@
-"""Options of the pretraining loop: three dataclass groups, the argparse CLI generated from them, YAML files.
+"""Options of the pretraining loop: three dataclass groups, the one source of truth for the CLI, YAML and defaults.
 
-One source of truth: every option is a dataclass field with ``metadata={"help": ...}``. `add_pretrain_arguments`
-turns the fields into ``--kebab-case`` flags; `load_yaml_options` reads a YAML file with the sections
-``model:``, ``data:`` and ``training:`` (or the same keys flat); flags given on the command line override
-the file.
+Every option is a dataclass field with ``metadata={"help": ...}``. `transformers.HfArgumentParser` turns the
+fields into ``--kebab-case`` flags (`OptionsParser`). ``--config`` names a YAML file (the sections ``model:``,
+``data:`` and ``training:``, or the same keys flat) or a bundled config; the flags typed on the command line
+override it, and the dataclass defaults fill the rest. `command_line` writes a run's options back as flags.
 
 Example:
-    >>> options = parse_options(["--config", "configs/gpt2-tiny-test.yaml", "--max-steps", "4"])  # doctest: +SKIP
+    >>> options = parse_options(["--config", "gpt2-tiny-test", "--max-steps", "4"])  # doctest: +SKIP
+    >>> command_line(options)  # doctest: +SKIP
+    'hf-varinit pretrain --n-layer 2 --n-embd 32 --block-size 32 --vocab-size 512 --max-chars 200000 ...'
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
 
 from hf_varinit.errors import ConfigError
 
@@ -27,6 +34,7 @@ OPTIMIZERS = ("adamw", "sgd")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 ON_NONFINITE = ("error", "skip")
+NONE_WORDS = ("none", "null", "")  # what an optional option reads as None on the command line
 
 
 def _check_positive(group: str, **values: Any) -> None:
@@ -43,6 +51,8 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 @dataclass
 class ModelOptions:
     """The architecture: a GPT-2 or Llama decoder built with `transformers` configs."""
+
+    _argument_group_name = "model options"  # the --help section (HfArgumentParser)
 
     model_type: str = field(default="gpt2", metadata={"help": "architecture: gpt2 | llama"})
     n_layer: int = field(default=12, metadata={"help": "number of transformer blocks"})
@@ -88,6 +98,8 @@ class ModelOptions:
 class DataOptions:
     """The text corpus and tokenizer (see `hf_varinit.train.data.build_lm_datasets`)."""
 
+    _argument_group_name = "data options"  # the --help section (HfArgumentParser)
+
     source: str | None = field(
         default=None,
         metadata={"help": "None = the Python stdlib (offline); a .txt/.jsonl file, a folder, or a hub dataset id"},
@@ -118,6 +130,8 @@ class DataOptions:
 @dataclass
 class TrainingOptions:
     """The optimisation, recording, checkpointing and logging."""
+
+    _argument_group_name = "training options"  # the --help section (HfArgumentParser)
 
     init: str = field(default="gpt2", metadata={"help": "init rule spec, e.g. gpt2, kaiming, optimal:report=DIR"})
     seed: int = field(default=0, metadata={"help": "seed of the init, the data order and dropout"})
@@ -172,6 +186,12 @@ class TrainingOptions:
 
 
 GROUPS: dict[str, type] = {"model": ModelOptions, "data": DataOptions, "training": TrainingOptions}
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for cls in GROUPS.values() for f in dataclasses.fields(cls)}
+FIELD_GROUP: dict[str, str] = {f.name: g for g, cls in GROUPS.items() for f in dataclasses.fields(cls)}
+OPTIONAL: frozenset[str] = frozenset(
+    name for cls in GROUPS.values() for name, hint in typing.get_type_hints(cls).items()
+    if type(None) in typing.get_args(hint)
+)
 
 
 @dataclass
@@ -187,57 +207,27 @@ class PretrainOptions:
 
     @classmethod
     def from_flat(cls, values: dict[str, Any]) -> PretrainOptions:
-        """Build from flat ``field -> value`` (unknown names raise `ConfigError`)."""
+        """Build from flat ``field -> value`` (typed values); the dataclass defaults fill the missing fields.
+
+        Args:
+            values (`dict`): option name -> value, e.g. ``{"n_layer": 2, "lr": 1e-3}``.
+
+        Raises:
+            `ConfigError`: an unknown name, None for an option that needs a value, or a value its group rejects.
+        """
         unknown = sorted(set(values) - set(FIELD_GROUP))
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown}; valid options: {sorted(FIELD_GROUP)}")
+        missing = sorted(name for name, value in values.items() if value is None and name not in OPTIONAL)
+        if missing:
+            raise ConfigError(f"{', '.join(missing)} cannot be None; give a value or leave the option out")
         groups: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
         for name, value in values.items():
-            groups[FIELD_GROUP[name]][name] = _coerce(name, value)
+            groups[FIELD_GROUP[name]][name] = value
         return cls(**{g: GROUPS[g](**kw) for g, kw in groups.items()})
 
 
-FIELD_GROUP: dict[str, str] = {f.name: g for g, cls in GROUPS.items() for f in dataclasses.fields(cls)}
-_HINTS: dict[str, Any] = {n: t for cls in GROUPS.values() for n, t in typing.get_type_hints(cls).items()}
-_FIELDS: dict[str, dataclasses.Field] = {f.name: f for cls in GROUPS.values() for f in dataclasses.fields(cls)}
-
-
-def _base_type(hint: Any) -> tuple[type, bool]:
-    """(the scalar type, whether None is allowed) of a field annotation like ``int | None``."""
-    args = typing.get_args(hint)
-    if args:
-        scalars = [a for a in args if a is not type(None)]
-        return scalars[0], len(scalars) < len(args)
-    return hint, False
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Convert a CLI string or YAML value to the field's type (YAML reads ``1e-3`` as a string)."""
-    kind, optional = _base_type(_HINTS[name])
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
-        if not optional:
-            raise ConfigError(f"{name} cannot be None")
-        return None
-    try:
-        if kind is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            if isinstance(value, str):
-                value = float(value) if any(c in value for c in ".eE") else int(value)
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError(value)
-            return int(value)
-        if kind is float:
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{name}={value!r} is not a valid {kind.__name__}") from e
+# ----------------------------------------------------------------------------- YAML files
 
 
 def bundled_configs() -> dict[str, Path]:
@@ -260,9 +250,7 @@ def resolve_config_path(path: str | os.PathLike) -> Path:
 
 
 def load_yaml_options(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML options file into flat ``field -> value``; unknown keys raise `ConfigError`."""
-    import yaml
-
+    """Read a YAML options file into flat ``field -> value`` (as YAML typed them); unknown keys raise `ConfigError`."""
     p = resolve_config_path(path)
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
@@ -291,38 +279,114 @@ def load_yaml_options(path: str | os.PathLike) -> dict[str, Any]:
     return flat
 
 
-def add_pretrain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--config`` and one ``--kebab-case`` flag per option field to ``parser``.
+# ----------------------------------------------------------------------------- the command line
 
-    Flags default to "not given" (`argparse.SUPPRESS`), so only the flags typed override a ``--config`` file.
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _none_or(kind: Any):
+    """``kind`` that also reads ``none`` / ``null`` as None (for the ``X | None`` options)."""
+
+    def parse(text):
+        return None if isinstance(text, str) and text.strip().lower() in NONE_WORDS else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse names the type in its error messages
+    return parse
+
+
+class OptionsParser(HfArgumentParser):
+    """`HfArgumentParser` over the option groups, plus ``--config``: one flag per field, its default in the help.
+
+    Only the flags typed reach the parsed namespace (their defaults are `argparse.SUPPRESS`), so they override
+    the ``--config`` file. A bad flag or value raises `ConfigError` instead of exiting.
     """
-    parser.add_argument("--config", default=None, help="YAML file of options (sections model/data/training)")
-    for group_name, cls in GROUPS.items():
-        group = parser.add_argument_group(f"{group_name} options", cls.__doc__)
-        for f in dataclasses.fields(cls):
-            kind, _ = _base_type(_HINTS[f.name])
-            flag = "--" + f.name.replace("_", "-")
-            help_text = f"{f.metadata['help']} (default: {f.default})"
-            if kind is bool:
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                   help=help_text)
-            else:
-                group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
-                                   help=help_text)
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("description", "Pretrain a GPT-2 / Llama with Accelerate and record V(W).")
+        kwargs.setdefault("formatter_class", argparse.HelpFormatter)  # the defaults are written into the help
+        super().__init__(list(GROUPS.values()), **kwargs)
+        configs = ", ".join(sorted(n[:-5] for n in bundled_configs()))
+        self.add_argument("--config", default=None, metavar="FILE_OR_NAME",
+                          help=f"YAML file of options (sections model/data/training, or flat keys), or a bundled "
+                               f"config: {configs}; flags typed here override it")
+        for name, f in FIELDS.items():  # HfArgumentParser adds --no-X only for options that default to True
+            if f.default is False:
+                self.add_argument(_flag(f"no_{name}"), action="store_false", dest=name, help=f"do not {_flag(name)}")
+        for action in self._actions:  # the actions HfArgumentParser built from the fields
+            f = FIELDS.get(action.dest)
+            if f is None:
+                continue
+            if action.dest in OPTIONAL and action.type is not None:
+                action.type = _none_or(action.type)
+            if action.option_strings[0] != _flag(f"no_{f.name}"):
+                action.help = f"{action.help} (default: {'none' if f.default is None else f.default})"
+            action.default = argparse.SUPPRESS
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+    def config_values(self, path: str | os.PathLike) -> dict[str, Any]:
+        """The options of a YAML file (path or bundled name), read through the same flags as the command line."""
+        raw = load_yaml_options(path)
+        argv = []
+        for name, value in raw.items():
+            if isinstance(value, (dict, list)):
+                raise ConfigError(f"{path}: {name} must be a single value, got {value!r}")
+            if value is not None:
+                argv.append(f"{_flag(name)}={str(value).lower() if isinstance(value, bool) else value}")
+        try:
+            parsed = vars(self.parse_args(argv))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+        return {name: parsed.get(name) for name in raw}
+
+
+def add_option_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--config`` and the option flags of `OptionsParser` to ``parser`` (a subcommand's, say)."""
+    parser._add_container_actions(OptionsParser(add_help=False))  # what argparse's parents= does, after creation
     return parser
 
 
 def options_from_namespace(args: argparse.Namespace) -> PretrainOptions:
-    """`PretrainOptions` from parsed flags: the ``--config`` file first, the given flags on top."""
-    values: dict[str, Any] = {}
+    """`PretrainOptions` from parsed flags: the ``--config`` file first, the flags typed on top."""
     config = getattr(args, "config", None)
-    if config:
-        values.update(load_yaml_options(config))
+    values = OptionsParser().config_values(config) if config else {}
     values.update({k: v for k, v in vars(args).items() if k in FIELD_GROUP})
     return PretrainOptions.from_flat(values)
 
 
-def parse_options(argv: list[str] | None = None) -> PretrainOptions:
-    """Parse a command line (``sys.argv[1:]`` when None) into `PretrainOptions`."""
-    parser = add_pretrain_arguments(argparse.ArgumentParser(description="Pretrain a GPT-2 / Llama and record V(W)."))
-    return options_from_namespace(parser.parse_args(argv))
+def parse_options(argv: Sequence[str] | None = None) -> PretrainOptions:
+    """Parse a command line (``sys.argv[1:]`` when None) into `PretrainOptions`.
+
+    Args:
+        argv (`list[str]`, *optional*): e.g. ``["--config", "gpt2-tiny-test", "--max-steps", "4"]``.
+
+    Raises:
+        `ConfigError`: an unknown flag or YAML key, or a value its option rejects (the message names it).
+    """
+    return options_from_namespace(OptionsParser().parse_args(argv))
+
+
+def command_line(options: PretrainOptions, *, program: str = "hf-varinit pretrain",
+                 exclude: Iterable[str] = ("resume",)) -> str:
+    """The command that regenerates ``options``: ``program`` and a flag for every value that is not the default.
+
+    Args:
+        options (`PretrainOptions`): the options of a run.
+        program (`str`): the command the flags follow.
+        exclude (`Iterable[str]`): options left out (by default ``resume``: rerunning starts from scratch).
+    """
+    words = shlex.split(program)
+    skip = set(exclude)
+    for group in GROUPS:
+        for f in dataclasses.fields(GROUPS[group]):
+            value = getattr(getattr(options, group), f.name)
+            if f.name in skip or value == f.default:
+                continue
+            if isinstance(value, bool):
+                words.append(_flag(f.name) if value else _flag(f"no_{f.name}"))
+            else:
+                words += [_flag(f.name), "none" if value is None else str(value)]
+    return shlex.join(words)

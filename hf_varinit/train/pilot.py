@@ -16,6 +16,8 @@ import weakref
 from pathlib import Path
 
 from hf_varinit.record.stats_file import load_stats
+from hf_varinit.train.loop import run_pretrain
+from hf_varinit.train.options import parse_options
 
 # calibrate flag -> pretrain flag (given only when set on the command line)
 _OVERRIDES = {"steps": "--max-steps", "lr": "--lr", "seed": "--seed", "batch_size": "--batch-size",
@@ -27,9 +29,6 @@ def lm_pilot_factory(args: argparse.Namespace):
 
     ``build_model(rule)`` returns the rule itself: the training loop builds (and seeds) the model from it.
     """
-    from hf_varinit.train.loop import training_function
-    from hf_varinit.train.options import parse_options
-
     argv = ["--config", args.config]
     for name, flag in _OVERRIDES.items():
         if getattr(args, name, None) is not None:
@@ -45,7 +44,7 @@ def lm_pilot_factory(args: argparse.Namespace):
         out = workdir / f"round_{next(rounds)}"
         options = parse_options([*argv, "--output-dir", str(out), "--checkpoint-every", "none"])
         options.training.init = rule
-        return load_stats(training_function(options).stats_path)
+        return load_stats(run_pretrain(options).stats_path)
 
     weakref.finalize(pilot, shutil.rmtree, workdir, True)
     t = base.training

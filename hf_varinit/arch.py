@@ -1,0 +1,337 @@
+"""The one place that knows architecture names: a small table per ``model_type``, like peft's target-module table.
+
+Each `Architecture` gives the module-name suffixes of a family and their roles (fused Q/K/V projections as
+`Fused`), and the names of its config attributes (`ConfigNames`). On top of the table:
+
+* config accessors (`num_layers`, `hidden_size`, `num_heads`, `num_kv_heads`) that read a config object or
+  its ``to_dict()`` without naming attributes elsewhere, and `shape_signature`;
+* `build_config`, the one builder of a config from this project's option names (``n_layer``, ``n_embd``,
+  ``n_head``, ...);
+* `layer_key` / `parse_layer_key`, the one place that writes and reads the ``layers.{i}.{role}`` keys of
+  statistics, reports and init plans.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+from hf_varinit.errors import ConfigError
+from hf_varinit.models.mlp import VarInitMLPConfig
+
+FUSED_LAYOUTS = ("blocks", "interleaved")
+
+
+@dataclass(frozen=True)
+class Fused:
+    """A fused projection holding several roles (Q, K, V) along its output axis.
+
+    ``layout="blocks"``: contiguous blocks (GPT-2 ``c_attn``); ``"interleaved"``: per head (GPT-NeoX).
+    """
+
+    roles: tuple[str, ...]
+    layout: str
+
+    def __post_init__(self):
+        if self.layout not in FUSED_LAYOUTS:
+            raise ConfigError(f"fused layout {self.layout!r} is unknown; valid: {', '.join(FUSED_LAYOUTS)}")
+
+
+@dataclass(frozen=True)
+class ConfigNames:
+    """The config attributes of a transformer family, and what `build_config` derives from them.
+
+    Attributes:
+        layers / width / heads / positions / mlp_width: attribute names of depth, hidden size, attention heads,
+            maximum positions and MLP width.
+        kv_heads: the key/value head count of grouped-query attention, or None without it.
+        dropout: every attribute a single ``dropout`` option sets.
+        mlp_ratio: `default_mlp_width` / hidden size, or None to keep the config's own default.
+    """
+
+    layers: str = "num_hidden_layers"
+    width: str = "hidden_size"
+    heads: str = "num_attention_heads"
+    positions: str = "max_position_embeddings"
+    mlp_width: str = "intermediate_size"
+    kv_heads: str | None = None
+    dropout: tuple[str, ...] = ()
+    mlp_ratio: float | None = 4.0
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Module-name suffix -> role for one family of models, and its config names (None: no builder)."""
+
+    modules: dict[str, str | Fused]
+    config: ConfigNames | None = None
+
+
+_QKV_BLOCKS = Fused(("q", "k", "v"), "blocks")
+_QKV_INTERLEAVED = Fused(("q", "k", "v"), "interleaved")
+_HEADS = {"lm_head": "head", "score": "head", "classifier": "head", "qa_outputs": "head"}
+_LLAMA = Architecture(
+    modules={
+        "embed_tokens": "embedding",
+        "self_attn.q_proj": "q",
+        "self_attn.k_proj": "k",
+        "self_attn.v_proj": "v",
+        "self_attn.o_proj": "attn_out",
+        "mlp.gate_proj": "mlp_gate",
+        "mlp.up_proj": "mlp_in",
+        "mlp.down_proj": "mlp_out",
+        **_HEADS,
+    },
+    config=ConfigNames(kv_heads="num_key_value_heads", dropout=("attention_dropout",), mlp_ratio=8 / 3),
+)
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "gpt2": Architecture(
+        modules={
+            "wte": "embedding",
+            "wpe": "position",
+            "attn.c_attn": _QKV_BLOCKS,
+            "attn.c_proj": "attn_out",
+            "mlp.c_fc": "mlp_in",
+            "mlp.c_proj": "mlp_out",
+            **_HEADS,
+        },
+        config=ConfigNames(layers="n_layer", width="n_embd", heads="n_head", positions="n_positions",
+                           mlp_width="n_inner", dropout=("resid_pdrop", "embd_pdrop", "attn_pdrop"), mlp_ratio=None),
+    ),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "bert": Architecture(
+        modules={
+            "embeddings.word_embeddings": "embedding",
+            "embeddings.position_embeddings": "position",
+            "embeddings.token_type_embeddings": "token_type",
+            "attention.self.query": "q",
+            "attention.self.key": "k",
+            "attention.self.value": "v",
+            "attention.output.dense": "attn_out",
+            "intermediate.dense": "mlp_in",
+            "output.dense": "mlp_out",
+            "predictions.decoder": "head",
+            **_HEADS,
+        },
+        config=ConfigNames(dropout=("hidden_dropout_prob", "attention_probs_dropout_prob")),
+    ),
+    "gpt_neox": Architecture(
+        modules={
+            "embed_in": "embedding",
+            "attention.query_key_value": _QKV_INTERLEAVED,
+            "attention.dense": "attn_out",
+            "mlp.dense_h_to_4h": "mlp_in",
+            "mlp.dense_4h_to_h": "mlp_out",
+            "embed_out": "head",
+            **_HEADS,
+        },
+        config=ConfigNames(dropout=("attention_dropout", "hidden_dropout")),
+    ),
+    "varinit_mlp": Architecture(modules={"classifier": "head"}),
+}
+
+# Encoder-only model types: `from_config` builds them with a masked-LM head.
+ENCODER_TYPES = frozenset({"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "modernbert"})
+
+
+def get_architecture(model_type: str | None) -> Architecture | None:
+    """The table entry of ``model_type``, or None for a model type the table does not know."""
+    return ARCHITECTURES.get(model_type)  # type: ignore[arg-type]
+
+
+def is_known_architecture(model_type: str | None) -> bool:
+    return model_type in ARCHITECTURES
+
+
+# --- config accessors -------------------------------------------------------------------------------------------
+# Names tried in order, so model types outside the table are read too (``d_model``, ``num_layers``, ...).
+_LAYER_NAMES = ("num_hidden_layers", "n_layer", "num_layers")
+_WIDTH_NAMES = ("hidden_size", "n_embd", "d_model")
+_HEAD_NAMES = ("num_attention_heads", "n_head")
+_KV_HEAD_NAMES = ("num_key_value_heads",)
+# Config entries that fix the shapes of tracked tensors (besides the hidden size and depth).
+SHAPE_KEYS = ("intermediate_size", "n_inner", "num_attention_heads", "n_head", "num_key_value_heads",
+              "input_size", "hidden_sizes", "head_dim")
+
+Config = PretrainedConfig | Mapping[str, Any]
+
+
+def _text_config(config: Config) -> Config:
+    """The text part of a composite config (the config itself otherwise); a dict is read as it is."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _first_int(config: Config, names: tuple[str, ...]) -> int | None:
+    for name in names:
+        value = config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def num_layers(config: Config) -> int | None:
+    """The number of blocks of a config or config dict (``n_layer``, ``num_hidden_layers``, ``num_layers``)."""
+    return _first_int(_text_config(config), _LAYER_NAMES)
+
+
+def hidden_size(config: Config) -> int | None:
+    """The hidden size of a config or config dict (``n_embd``, ``hidden_size``, ``d_model``)."""
+    return _first_int(_text_config(config), _WIDTH_NAMES)
+
+
+def num_heads(config: Config) -> int | None:
+    """The number of attention (query) heads of a config or config dict."""
+    return _first_int(_text_config(config), _HEAD_NAMES)
+
+
+def num_kv_heads(config: Config) -> int | None:
+    """The number of key/value heads (grouped-query attention); the head count for models without GQA."""
+    return _first_int(_text_config(config), _KV_HEAD_NAMES) or num_heads(config)
+
+
+def shape_signature(config: Config) -> dict[str, Any]:
+    """The entries of `SHAPE_KEYS` that a config (or config dict) sets, besides its width and depth."""
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {key: values[key] for key in SHAPE_KEYS if values.get(key) is not None}
+
+
+def _widths(value: Any) -> Any:
+    """A list of layer widths compares as its set of widths (the same MLP at another depth)."""
+    return sorted(set(value)) if isinstance(value, (list, tuple)) else value
+
+
+def shape_differences(theirs: Config, mine: Config) -> list[tuple[str, Any, Any]]:
+    """``(key, theirs, mine)`` for every shape entry both configs set to different values."""
+    a, b = shape_signature(theirs), shape_signature(mine)
+    return [(key, a[key], b[key]) for key in a if key in b and _widths(a[key]) != _widths(b[key])]
+
+
+# --- config builder ---------------------------------------------------------------------------------------------
+_BUILDER_OPTIONS = ("n_layer", "n_embd", "n_head", "vocab_size", "n_positions", "intermediate_size", "dropout")
+_MLP_OPTIONS = ("n_layer", "n_embd", "input_size", "num_labels")
+
+
+def config_options(model_type: str) -> tuple[str, ...]:
+    """The `build_config` options that apply to ``model_type`` (MLP: depth, width, inputs and classes).
+
+    Raises:
+        ConfigError: ``model_type`` has no builder; the message lists those that do.
+    """
+    if model_type == VarInitMLPConfig.model_type:
+        return _MLP_OPTIONS
+    arch = get_architecture(model_type)
+    if arch is None or arch.config is None:
+        buildable = [t for t, a in ARCHITECTURES.items() if a.config is not None] + [VarInitMLPConfig.model_type]
+        raise ConfigError(f"no config builder for model_type {model_type!r}; valid: {', '.join(buildable)}")
+    return _BUILDER_OPTIONS + (("n_kv_heads",) if arch.config.kv_heads else ())
+
+
+def default_mlp_width(model_type: str, width: int) -> int | None:
+    """The MLP width `hf-varinit plan` gives a model of hidden size ``width``, a multiple of 8 (SwiGLU: 8/3 of
+    the width, else 4x); None where the config's own default already follows the width (GPT-2)."""
+    names = ARCHITECTURES[model_type].config
+    if names is None or names.mlp_ratio is None:
+        return None
+    return int(names.mlp_ratio * width + 7) // 8 * 8
+
+
+def build_config(
+    model_type: str,
+    *,
+    n_layer: int | None = None,
+    n_embd: int | None = None,
+    n_head: int | None = None,
+    n_kv_heads: int | None = None,
+    intermediate_size: int | None = None,
+    vocab_size: int | None = None,
+    n_positions: int | None = None,
+    dropout: float | None = None,
+    **extra: Any,
+) -> PretrainedConfig:
+    """A config of ``model_type`` from this project's option names; an option left None keeps the config's default.
+
+    Args:
+        model_type (`str`): a buildable type of `ARCHITECTURES` (``gpt2``, ``llama``, ``mistral``, ``qwen2``,
+            ``bert``, ``gpt_neox``) or ``varinit_mlp`` (``n_layer`` hidden layers of width ``n_embd``).
+        n_layer / n_embd / n_head (`int`, *optional*): depth, hidden size and attention heads.
+        n_kv_heads (`int`, *optional*): key/value heads (grouped-query attention: Llama, Mistral, Qwen2).
+        intermediate_size (`int`, *optional*): MLP width.
+        vocab_size / n_positions (`int`, *optional*): vocabulary and maximum sequence length.
+        dropout (`float`, *optional*): residual, embedding and attention dropout, all at once.
+        extra: passed to the config as is (``bos_token_id``, ``num_labels``, ``input_size``...).
+
+    Raises:
+        ConfigError: a model type without a builder, or an option that does not apply to it.
+
+    Example:
+        >>> build_config("llama", n_layer=2, n_embd=64, n_head=4, n_kv_heads=2).num_key_value_heads
+        2
+    """
+    given = {"n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "n_kv_heads": n_kv_heads,
+             "intermediate_size": intermediate_size, "vocab_size": vocab_size, "n_positions": n_positions,
+             "dropout": dropout}
+    valid = config_options(model_type)
+    unknown = sorted(k for k, v in given.items() if v is not None and k not in valid)
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)} do(es) not apply to model_type {model_type!r}; "
+                          f"its options: {', '.join(valid)}")
+    if model_type == VarInitMLPConfig.model_type:
+        default = VarInitMLPConfig().hidden_sizes
+        width = n_embd if n_embd is not None else default[0]
+        return VarInitMLPConfig(hidden_sizes=[width] * (n_layer if n_layer is not None else len(default)), **extra)
+    names = ARCHITECTURES[model_type].config
+    kwargs = {names.layers: n_layer, names.width: n_embd, names.heads: n_head, names.mlp_width: intermediate_size,
+              "vocab_size": vocab_size, names.positions: n_positions}
+    if names.kv_heads:
+        kwargs[names.kv_heads] = n_kv_heads
+    kwargs.update(dict.fromkeys(names.dropout, dropout))
+    return AutoConfig.for_model(model_type, **{k: v for k, v in kwargs.items() if v is not None}, **extra)
+
+
+# --- layer keys -------------------------------------------------------------------------------------------------
+_LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
+
+
+def layer_key(layer: int | None, role: str) -> str:
+    """The key of ``role`` in block ``layer`` (``layers.3.q``); a tensor outside the blocks is keyed by its role."""
+    return role if layer is None else f"layers.{layer}.{role}"
+
+
+def parse_layer_key(key: str) -> tuple[int | None, str]:
+    """``(layer, role)`` of a key written by `layer_key`; ``(None, key)`` for keys outside the blocks.
+
+    Example:
+        >>> parse_layer_key("layers.3.q"), parse_layer_key("embedding")
+        ((3, 'q'), (None, 'embedding'))
+    """
+    match = _LAYER_KEY.match(key)
+    return (int(match.group(1)), match.group(2)) if match else (None, key)
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "ENCODER_TYPES",
+    "Architecture",
+    "ConfigNames",
+    "Fused",
+    "build_config",
+    "config_options",
+    "default_mlp_width",
+    "get_architecture",
+    "hidden_size",
+    "is_known_architecture",
+    "layer_key",
+    "num_heads",
+    "num_kv_heads",
+    "num_layers",
+    "parse_layer_key",
+    "shape_differences",
+    "shape_signature",
+]

@@ -1,0 +1,188 @@
+"""The one per-tensor moment kernel: mean, population variance and second moment of weights (dense or sharded).
+
+Every tensor (or slice of one) is reduced to its element count, sum and sum of squares (two BLAS-speed
+passes, not Welford; no ``.item()``); `combine` turns the rows of all tensors into the population mean and
+variance in float64, ``var = E[x^2] - E[x]^2``, exact enough for weights, whose mean is small next to their
+spread. The second moment is ``var + mean^2``. (``torch.var_mean`` gives the same numbers to ~1e-6 but is
+~8x slower on CPU.) Dense tensors are summed in float32; shards in float64, since their partial sums are
+added across ranks.
+
+Sharded (FSDP2 / DTensor) weights are never gathered when avoidable: every rank reduces its local shard, and
+the rows of all entries are summed across ranks by ONE ``all_reduce`` per record. A `TensorRole` slice applies
+to the *global* parameter. On a shard along dim ``d`` (FSDP2 shards dim 0):
+
+* a slice along another axis (GPT-2 fused Q/K/V ``cols`` on a dim-0 shard) is applied to the local shard as is;
+* a slice along ``d`` (``rows``, ``interleaved``, or ``cols`` of a 1-D tensor) is mapped to the local
+  shard's global row range ``[offset, offset + local_rows)``: the rows of that range the slice selects.
+
+DTensors this cannot reduce shard by shard (``Partial``, several sharded mesh dims, a second process group)
+are gathered with ``full_tensor()``: a collective every rank calls in the same order, since all ranks hold
+the same entries.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor, Replicate, Shard
+
+from hf_varinit.init.roles import TensorRole
+
+try:  # private, but the one place that knows how DTensor lays out uneven shards
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset as _local_offset
+except ImportError:  # pragma: no cover - older / newer torch without it
+    _local_offset = None
+
+__all__ = ["combine", "is_sharded", "local_moments", "partial_sums", "rebind", "second_moment", "var_mean"]
+
+Entries = list[tuple[TensorRole, nn.Parameter]]
+
+
+def partial_sums(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[sum, sum of squares]`` of all elements of ``x``, accumulated in ``dtype``, on ``x``'s device.
+
+    Args:
+        x (`torch.Tensor`): any tensor or view (a copy is made only for strided views and other dtypes).
+        dtype (`torch.dtype`): the accumulation type: float32 for dense weights, float64 for shards.
+    """
+    flat = x.detach().to(dtype).reshape(-1)
+    return torch.stack((flat.sum(), torch.dot(flat, flat)))
+
+
+def combine(count: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """(T, 2) float32 ``[population variance, mean]`` from (T,) counts and (T, 2) ``[sum, sum of squares]``."""
+    count, sums = count.double(), sums.double()
+    mean = sums[:, 0] / count
+    var = (sums[:, 1] / count - mean * mean).clamp_min(0.0)
+    return torch.stack((var, mean), dim=1).float()
+
+
+def second_moment(var: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``E[W^2] = var + mean^2``, computed in float64 and stored as float32."""
+    return (np.asarray(var, dtype=np.float64) + np.asarray(mean, dtype=np.float64) ** 2).astype(np.float32)
+
+
+def is_sharded(entries: Entries) -> bool:
+    """Whether any tracked parameter is a DTensor (an FSDP2 / tensor-parallel shard)."""
+    return any(isinstance(param, DTensor) for _, param in entries)
+
+
+def _slice_axis(entry: TensorRole, ndim: int) -> int | None:
+    return None if entry.slice is None else entry.slice.axis(ndim)
+
+
+def _local_part(entry: TensorRole, local: torch.Tensor, shard_dim: int | None, offset: int,
+                global_shape: tuple[int, ...] | None) -> torch.Tensor:
+    """The elements of ``entry``'s (global) slice that lie in ``local``, a shard along ``shard_dim``."""
+    axis = _slice_axis(entry, local.dim())
+    if shard_dim is None or axis is None or axis != shard_dim:
+        return entry.view(local)  # the slice runs along an axis the shard holds whole
+    idx = torch.arange(offset, offset + local.shape[axis], device=local.device)  # global indices of the shard
+    keep = entry.slice.select(idx, (global_shape or local.shape)[axis])
+    return local.index_select(axis, idx[keep] - offset)
+
+
+def local_moments(
+    entry: TensorRole,
+    local: torch.Tensor,
+    shard_dim: int | None = None,
+    offset: int = 0,
+    global_shape: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """Float64 ``[count, sum, sum of squares]`` of the part of ``entry`` that lies in ``local``.
+
+    Args:
+        entry (`TensorRole`): the role; its slice is in the coordinates of the full parameter.
+        local (`torch.Tensor`): the whole parameter (``shard_dim=None``) or this rank's shard along ``shard_dim``.
+        shard_dim (`int`, *optional*): the axis the parameter is sharded along, or None for a full tensor.
+        offset (`int`): the global index of the shard's first element along ``shard_dim``.
+        global_shape (`tuple[int, ...]`, *optional*): the full parameter's shape (for ``interleaved`` slices
+            on a dim-0 shard).
+    """
+    part = _local_part(entry, local.detach(), shard_dim, offset, global_shape)
+    return torch.cat((part.new_tensor([part.numel()], dtype=torch.float64), partial_sums(part, torch.float64)))
+
+
+def _shard_layout(param: DTensor) -> tuple[str, int, int, object]:
+    """("shard", dim, offset, group), ("replicate", 0, 0, None) or ("gather", 0, 0, None) for ``param``."""
+    placements = tuple(param.placements)
+    if all(isinstance(p, Replicate) for p in placements):
+        return "replicate", 0, 0, None
+    sharded = [i for i, p in enumerate(placements) if isinstance(p, Shard)]
+    others_replicated = all(isinstance(p, (Shard, Replicate)) for p in placements)
+    # exactly one sharded mesh dim, the rest replicated (FSDP2; HSDP's (Replicate, Shard(0)))
+    if len(sharded) != 1 or not others_replicated or type(placements[sharded[0]]) is not Shard:
+        return "gather", 0, 0, None
+    mesh_dim = sharded[0]
+    dim = placements[mesh_dim].dim % param.dim()
+    mesh = param.device_mesh
+    if _local_offset is not None:
+        _, offsets = _local_offset(param.shape, mesh, placements)
+        offset = offsets[dim]
+    else:  # torch.chunk layout on the sharded mesh dim
+        chunk = math.ceil(param.shape[dim] / mesh.size(mesh_dim))
+        offset = min(mesh.get_local_rank(mesh_dim) * chunk, param.shape[dim])
+    return "shard", dim, int(offset), mesh.get_group(mesh_dim)
+
+
+def _dtensor_part(entry: TensorRole, data: DTensor, group) -> tuple[torch.Tensor, object]:
+    """(the part of ``entry`` this rank reduces, the process group to sum it over or None)."""
+    kind, dim, offset, shard_group = _shard_layout(data)
+    if kind == "shard" and group is not None and shard_group is not group:
+        kind = "gather"  # one all_reduce, one group: a tensor sharded over another group is gathered
+    if kind == "shard":
+        return _local_part(entry, data.to_local(), dim, offset, tuple(data.shape)), shard_group
+    full = data.to_local() if kind == "replicate" else data.full_tensor()
+    return entry.view(full), None
+
+
+@torch.no_grad()
+def var_mean(entries: Entries) -> torch.Tensor:
+    """(T, 2) float32 ``[population variance, mean]`` of every entry's tensor or slice, on the weights' device.
+
+    Collective when any entry is a DTensor reduced shard by shard: every rank of the shards' process group must
+    call it with the same entries (as `VarianceRecorder` does: its entries come from the same model everywhere),
+    and every rank gets the same result. Without DTensors no collective is issued.
+
+    Args:
+        entries (`list[tuple[TensorRole, nn.Parameter]]`): roles and their current parameters (see `rebind`).
+    """
+    if not entries:
+        return torch.zeros(0, 2)
+    dtype = torch.float64 if is_sharded(entries) else torch.float32
+    counts, rows, reduced = [], [], []
+    group = device = None
+    for entry, param in entries:
+        data = param.detach()
+        part, part_group = _dtensor_part(entry, data, group) if isinstance(data, DTensor) else (entry.view(data), None)
+        if part_group is not None:
+            group = part_group
+            device = part.device  # the collective runs where the shards live
+        device = device or part.device
+        counts.append(part.numel())
+        rows.append(partial_sums(part, dtype))
+        reduced.append(part_group is not None)
+    sums = torch.stack([row.to(device) for row in rows])  # (T, 2): sum, sum of squares
+    count = torch.tensor(counts, dtype=torch.float64, device=device)  # one host-to-device copy
+    if group is not None:
+        moments = torch.cat((count.unsqueeze(1), sums.double()), dim=1)  # (T, 3)
+        mask = torch.tensor(reduced, device=device).unsqueeze(1)
+        shared = torch.where(mask, moments, torch.zeros_like(moments))
+        dist.all_reduce(shared, op=dist.ReduceOp.SUM, group=group)  # the one collective of this record
+        moments = torch.where(mask, shared, moments)
+        count, sums = moments[:, 0], moments[:, 1:]
+    return combine(count, sums)
+
+
+def rebind(roles: list[TensorRole], model: nn.Module) -> Entries:
+    """Pair ``roles`` with ``model``'s current parameters by name.
+
+    ``fully_shard`` replaces every parameter with a new DTensor ``nn.Parameter``, so entries taken before
+    sharding point at the old tensors; and roles are best taken before sharding (an ``interleaved`` slice
+    cannot be viewed on an unevenly sharded DTensor). Get the roles from the unsharded model, shard, rebind.
+    """
+    return [(role, model.get_parameter(role.name)) for role in roles]
