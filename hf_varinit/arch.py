@@ -4,9 +4,10 @@ Each `Architecture` gives the module-name suffixes of a family and their roles (
 `Fused`), and the names of its config attributes (`ConfigNames`). On top of the table:
 
 * config accessors (`num_layers`, `hidden_size`, `num_heads`, `num_kv_heads`) that read a config object or
-  its ``to_dict()`` without naming attributes elsewhere, and `shape_signature`;
+  its ``to_dict()`` without naming attributes elsewhere;
+* `shape_differences` of two models' tracked tensor shapes (what a variance report must match);
 * `build_config`, the one builder of a config from this project's option names (``n_layer``, ``n_embd``,
-  ``n_head``, ...);
+  ``n_head``, ...), and `config_from_dict` for a stored config;
 * `layer_key` / `parse_layer_key`, the one place that writes and reads the ``layers.{i}.{role}`` keys of
   statistics, reports and init plans.
 """
@@ -156,9 +157,10 @@ _LAYER_NAMES = ("num_hidden_layers", "n_layer", "num_layers")
 _WIDTH_NAMES = ("hidden_size", "n_embd", "d_model")
 _HEAD_NAMES = ("num_attention_heads", "n_head")
 _KV_HEAD_NAMES = ("num_key_value_heads",)
-# Config entries that fix the shapes of tracked tensors (besides the hidden size and depth).
-SHAPE_KEYS = ("intermediate_size", "n_inner", "num_attention_heads", "n_head", "num_key_value_heads",
-              "input_size", "hidden_sizes", "head_dim")
+# Config entries that can change the shapes of tracked tensors (besides the hidden size and depth); error messages
+# name the ones two configs disagree on. The head count is not one: GPT-2's tensors have the same shapes at any.
+SHAPE_KEYS = ("vocab_size", "n_positions", "max_position_embeddings", "type_vocab_size", "intermediate_size",
+              "n_inner", "num_key_value_heads", "head_dim", "input_size", "hidden_sizes", "num_labels")
 
 Config = PretrainedConfig | Mapping[str, Any]
 
@@ -197,20 +199,43 @@ def num_kv_heads(config: Config) -> int | None:
 
 
 def shape_signature(config: Config) -> dict[str, Any]:
-    """The entries of `SHAPE_KEYS` that a config (or config dict) sets, besides its width and depth."""
+    """The entries of `SHAPE_KEYS` that a config (or config dict) sets: the config side of a shape mismatch."""
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     return {key: values[key] for key in SHAPE_KEYS if values.get(key) is not None}
 
 
-def _widths(value: Any) -> Any:
-    """A list of layer widths compares as its set of widths (the same MLP at another depth)."""
-    return sorted(set(value)) if isinstance(value, (list, tuple)) else value
-
-
-def shape_differences(theirs: Config, mine: Config) -> list[tuple[str, Any, Any]]:
-    """``(key, theirs, mine)`` for every shape entry both configs set to different values."""
+def config_differences(theirs: Config, mine: Config) -> list[tuple[str, Any, Any]]:
+    """``(key, theirs, mine)`` for every `SHAPE_KEYS` entry both configs set to different values."""
     a, b = shape_signature(theirs), shape_signature(mine)
-    return [(key, a[key], b[key]) for key in a if key in b and _widths(a[key]) != _widths(b[key])]
+    return [(key, a[key], b[key]) for key in a if key in b and a[key] != b[key]]
+
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+def shape_differences(theirs: Shapes, mine: Shapes) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """``(key, their shape, my shape)`` for every tracked tensor whose shape differs, in ``theirs``' order.
+
+    ``theirs`` / ``mine`` map tracked keys (``layers.0.q``, ``embedding``) to shapes. Keys one side lacks are not
+    compared. At different depths a block tensor is compared with the same role's tensors at any depth of the other
+    model, so depth alone is never a shape difference.
+
+    Example:
+        >>> shape_differences({"embedding": (1000, 64)}, {"embedding": (500, 64), "layers.0.q": (64, 64)})
+        [('embedding', (1000, 64), (500, 64))]
+    """
+    same_depth = ({parse_layer_key(k)[0] for k in theirs} - {None}) == ({parse_layer_key(k)[0] for k in mine} - {None})
+    roles: dict[str, list[tuple[int, ...]]] = {}  # role -> my shapes at any depth
+    for key, shape in mine.items():
+        roles.setdefault(parse_layer_key(key)[1], []).append(tuple(shape))
+    out = []
+    for key, shape in theirs.items():
+        (layer, role), shape = parse_layer_key(key), tuple(shape)
+        if key in mine and (same_depth or layer is None) and shape != tuple(mine[key]):
+            out.append((key, shape, tuple(mine[key])))
+        elif layer is not None and not same_depth and role in roles and shape not in roles[role]:
+            out.append((key, shape, tuple(mine.get(key, roles[role][0]))))
+    return out
 
 
 # --- config builder ---------------------------------------------------------------------------------------------
@@ -295,6 +320,38 @@ def build_config(
     return AutoConfig.for_model(model_type, **{k: v for k, v in kwargs.items() if v is not None}, **extra)
 
 
+# Entries of a saved config that describe the file, not the model.
+_NOT_CONFIG = ("model_type", "transformers_version")
+
+
+def config_from_dict(model_type: str, values: Mapping[str, Any], **overrides: Any) -> PretrainedConfig:
+    """The config of ``model_type`` (any type transformers knows) stored as ``values`` (a ``to_dict()``, as reports
+    keep it), with ``overrides`` (config entries under the config's own names) applied.
+
+    Raises:
+        ConfigError: an unknown model type, an override the config does not have, or values it refuses.
+
+    Example:
+        >>> config_from_dict("gpt2", {"n_layer": 2, "n_embd": 64}, n_layer=4).n_layer
+        4
+    """
+    try:
+        cls = type(AutoConfig.for_model(model_type))
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"model_type {model_type!r} is not a config type transformers knows: {exc}") from None
+    known = set(values) | set(cls().to_dict())
+    unknown = sorted(k for k in overrides if k not in known)
+    if unknown:
+        names = sorted(k for k in known if not k.startswith("_") and k not in _NOT_CONFIG)
+        raise ConfigError(f"{model_type} config has no entry {', '.join(map(repr, unknown))}; "
+                          f"override one of: {', '.join(names)}")
+    merged = {k: v for k, v in {**values, **overrides}.items() if k not in _NOT_CONFIG}
+    try:
+        return cls.from_dict(merged)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot build a {model_type} config from {merged}: {exc}") from None
+
+
 # --- layer keys -------------------------------------------------------------------------------------------------
 _LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)$")
 
@@ -322,6 +379,8 @@ __all__ = [
     "ConfigNames",
     "Fused",
     "build_config",
+    "config_differences",
+    "config_from_dict",
     "config_options",
     "default_mlp_width",
     "get_architecture",

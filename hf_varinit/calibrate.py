@@ -16,8 +16,8 @@ registered by name (`register_pilot_factory`, `calibrate_pilot`): the GPT-2 / Ll
 registers itself as ``mlp`` when imported.
 
 Example:
-    >>> result = calibrate_mlp("digits", depth=3, width=64, steps=400, rounds=4, output="model_cards/mlp-cal")
-    >>> model = hf_varinit.from_config(cfg, rule=result.rule())  # or rule="optimal:report=model_cards/mlp-cal"
+    >>> result = calibrate_mlp("digits", depth=3, width=64, steps=400, rounds=4, output="runs/mlp-cal")
+    >>> model = hf_varinit.from_config(cfg, rule=result.rule())  # or rule="optimal:report=runs/mlp-cal"
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -32,15 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_varinit.errors import ConfigError, NonFiniteLossError
-from hf_varinit.io_utils import atomic_write_json, atomic_write_text, json_safe
+from hf_varinit.errors import ConfigError, NonFiniteLossError, ReportError
+from hf_varinit.io_utils import atomic_write_json, atomic_write_text, commit_folder, json_safe, staging_folder
+from hf_varinit.report import optimal  # noqa: F401  (registers the optimal rule that every round after the first uses)
 from hf_varinit.report.report import VarianceReport
 from hf_varinit.report.steady_state import AnalysisOptions, analyze
 from hf_varinit.report.tables import markdown_table
 from hf_varinit.train.pilot import lm_pilot_factory
 
 __all__ = ["PILOT_FACTORIES", "CalibrationResult", "PilotFactory", "calibrate", "calibrate_pilot",
-           "register_pilot_factory"]
+           "check_output", "register_pilot_factory"]
 
 # settings -> (build_model(rule) -> model, pilot(model) -> VarianceStats, metadata for the card)
 PilotFactory = Callable[[Any], tuple[Callable[[Any], Any], Callable[[Any], Any], dict]]
@@ -76,24 +78,40 @@ class CalibrationResult:
                  "worst_key": h["worst_key"], "all_stationary": all(h["stationary"].values())}
                 for h in self.history]
 
-    def save(self, folder: str | Path, *, title: str | None = None, command: str | None = None) -> Path:
+    def save(self, folder: str | Path, *, title: str | None = None, command: str | None = None,
+             overwrite: bool = False) -> Path:
         """Write the last pilot's `VarianceReport` to ``folder`` plus ``convergence.csv`` / ``convergence.md``,
-        ``calibration.json``, and a calibration section in the card."""
+        ``calibration.json``, and a calibration section in the card.
+
+        The folder is written whole into a staging folder next to it and then renamed into place: a failure leaves
+        neither a partial folder nor a temporary one.
+
+        Raises:
+            ReportError: ``folder`` exists and ``overwrite`` is False.
+        """
+        dest = Path(folder)
+        check_output(dest, overwrite)
         title = title or "Calibrated optimal init: s0² = V(W) at its fixed point"
         rows = self.convergence_rows()
         table = _convergence_table(rows)
         report = VarianceReport.from_stats(self.final_stats, self.options, title=title)
-        dest = report.save(folder, extra_sections=[_card_section(self, table, command)])
-        csv = "round,max_rel_change,worst_key,all_stationary,rule\n" + "".join(
-            f"{r['round']},{r['max_rel_change']:.6g},{r['worst_key']},{r['all_stationary']},\"{r['rule']}\"\n"
-            for r in rows)
-        atomic_write_text(dest / "convergence.csv", csv)
-        atomic_write_text(dest / "convergence.md", f"# Calibration convergence\n\n{table}\n\n{self._verdict()}\n")
-        atomic_write_json(dest / "calibration.json", json_safe({
-            "converged": self.converged, "tol": self.tol, "rounds": len(self.history),
-            "variances": self.variances, "history": self.history, "options": dataclasses.asdict(self.options),
-            "metadata": self.metadata, "command": command,
-        }))
+        staging = staging_folder(dest)
+        try:
+            inner = report.save(staging / dest.name, reference=str(dest),
+                                extra_sections=[_card_section(self, table, command)])
+            csv = "round,max_rel_change,worst_key,all_stationary,rule\n" + "".join(
+                f"{r['round']},{r['max_rel_change']:.6g},{r['worst_key']},{r['all_stationary']},\"{r['rule']}\"\n"
+                for r in rows)
+            atomic_write_text(inner / "convergence.csv", csv)
+            atomic_write_text(inner / "convergence.md", f"# Calibration convergence\n\n{table}\n\n{self._verdict()}\n")
+            atomic_write_json(inner / "calibration.json", json_safe({
+                "converged": self.converged, "tol": self.tol, "rounds": len(self.history),
+                "variances": self.variances, "history": self.history, "options": dataclasses.asdict(self.options),
+                "metadata": self.metadata, "command": command,
+            }))
+            commit_folder(inner, dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return dest
 
     def _verdict(self) -> str:
@@ -104,6 +122,20 @@ class CalibrationResult:
         return (f"**Not converged** after {len(self.history)} pilot run(s): max relative change "
                 f"{last['max_rel_change']:.3g} >= tol {self.tol:g} (worst: `{last['worst_key']}`). The variances "
                 "are the last pilot's V(W); run more rounds or a longer pilot.")
+
+
+def check_output(folder: str | Path, overwrite: bool) -> None:
+    """Refuse to replace an existing report folder unless ``overwrite``: committed evidence is never lost by accident.
+
+    Raises:
+        ReportError: ``folder`` exists and ``overwrite`` is False (or it is a file).
+    """
+    dest = Path(folder)
+    if dest.exists() and not dest.is_dir():
+        raise ReportError(f"{dest} exists and is not a folder; choose a folder for the report (--output)")
+    if dest.exists() and not overwrite:
+        raise ReportError(f"report folder {dest} exists; pass --overwrite (overwrite=True) to replace it, "
+                          "or choose another --output")
 
 
 def _convergence_table(rows: list[dict]) -> str:
@@ -255,6 +287,7 @@ def calibrate_pilot(
     initial_rule: str | dict = "kaiming",
     options: AnalysisOptions | None = None,
     output: str | Path | None = None,
+    overwrite: bool = False,
     title: str | None = None,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
@@ -267,13 +300,17 @@ def calibrate_pilot(
         settings (`Any`): the pilot's settings as attributes, passed to its factory.
         rounds, tol, initial_rule, options, log: as for `calibrate`.
         output (`str` or `Path`, *optional*): the report folder; title and command go into its card.
+        overwrite (`bool`): replace ``output`` if it exists.
 
     Returns:
         `CalibrationResult`, its ``metadata`` the factory's plus the calibration settings and the wall time.
 
     Raises:
         ConfigError: no pilot is registered as ``model``.
+        ReportError: ``output`` exists and ``overwrite`` is False (checked before any pilot runs).
     """
+    if output:
+        check_output(output, overwrite)
     if model not in PILOT_FACTORIES:
         raise ConfigError(f"calibrate: --model {model!r} has no pilot; available: {sorted(PILOT_FACTORIES)} "
                           "(register one with hf_varinit.calibrate.register_pilot_factory)")
@@ -284,5 +321,5 @@ def calibrate_pilot(
     result.metadata = {**metadata, "initial_rule": str(initial_rule), "rounds_max": rounds,
                        "wall_seconds": round(time.perf_counter() - t0, 1)}
     if output:
-        result.save(output, title=title, command=command)
+        result.save(output, title=title, command=command, overwrite=overwrite)
     return result

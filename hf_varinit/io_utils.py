@@ -24,7 +24,7 @@ from typing import Any
 
 __all__ = [
     "atomic_folder", "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-    "commit_folder", "json_safe", "staging_folder",
+    "commit_folder", "current_umask", "json_safe", "staging_folder",
 ]
 
 
@@ -50,6 +50,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is fsynced and moved onto ``path``.
@@ -71,6 +78,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"atomic write of {dest}: the writer did not create {tmp}")
+        os.chmod(tmp, 0o666 & ~current_umask())  # some writers (safetensors) create 0600 files
         _fsync_file(tmp)
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)

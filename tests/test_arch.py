@@ -5,6 +5,8 @@ from transformers import GPT2Config, LlamaConfig
 
 from hf_varinit.arch import (
     build_config,
+    config_differences,
+    config_from_dict,
     config_options,
     default_mlp_width,
     hidden_size,
@@ -68,10 +70,27 @@ def test_default_mlp_width_follows_the_family():
     assert default_mlp_width("bert", 64) == 256
 
 
-def test_shape_differences_compare_shapes_not_depth():
-    mlp = {"input_size": 8, "hidden_sizes": [16, 16, 16]}
-    assert shape_differences(mlp, {"input_size": 8, "hidden_sizes": [16, 16]}) == []
-    assert shape_differences(mlp, {"input_size": 8, "hidden_sizes": [32, 32, 32]}) == [
-        ("hidden_sizes", [16, 16, 16], [32, 32, 32])
-    ]
-    assert shape_differences(GPT2Config(n_head=4), GPT2Config(n_head=4, n_layer=3)) == []
+def test_shape_differences_compare_tensor_shapes_not_depth():
+    two = {"embedding": (1000, 64), "layers.0.q": (64, 64), "layers.1.q": (64, 64), "layers.1.mlp_in": (64, 256)}
+    assert shape_differences(two, two) == []
+    four = {**two, "layers.2.q": (64, 64), "layers.3.q": (64, 64)}
+    assert shape_differences(two, four) == []  # depth alone is not a shape difference
+    assert shape_differences({**two, "embedding": (500, 64)}, two) == [("embedding", (500, 64), (1000, 64))]
+    wider_mlp = {**four, "layers.1.mlp_in": (64, 512)}
+    assert shape_differences(two, wider_mlp) == [("layers.1.mlp_in", (64, 256), (64, 512))]
+    assert shape_differences({"head": (10, 64)}, {"embedding": (1000, 64)}) == []  # keys one side lacks
+
+
+def test_config_differences_name_shape_entries_but_not_head_counts():
+    assert config_differences(GPT2Config(n_head=4), GPT2Config(n_head=8, n_layer=3)) == []
+    assert config_differences(GPT2Config(vocab_size=100), GPT2Config(vocab_size=200)) == [("vocab_size", 100, 200)]
+
+
+def test_config_from_dict_applies_overrides_and_refuses_unknown_ones():
+    stored = GPT2Config(n_layer=2, n_embd=32, n_head=4).to_dict()
+    config = config_from_dict("gpt2", stored, n_layer=3)
+    assert isinstance(config, GPT2Config) and (config.n_layer, config.n_embd, config.n_head) == (3, 32, 4)
+    with pytest.raises(ConfigError, match="gpt2 config has no entry 'n_layers'; override one of: .*n_layer"):
+        config_from_dict("gpt2", stored, n_layers=3)
+    with pytest.raises(ConfigError, match="model_type 'no_such_model'"):
+        config_from_dict("no_such_model", {})

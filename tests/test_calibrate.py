@@ -88,3 +88,34 @@ def test_calibrate_cli_names_the_available_pilots(tmp_path, capsys):
     assert main(["calibrate", "--model", "gpt9", "--output", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("hf-varinit calibrate: error:") and "available: ['gpt2', 'llama', 'mlp']" in err
+
+
+def test_a_failed_save_leaves_no_folder_and_no_temporary_folder(tmp_path, monkeypatch):
+    import hf_varinit.calibrate as calibrate_module
+
+    result = calibrate(ToyModel, toy_pilot(), rounds=2, tol=1e-9, log=lambda m: None)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(calibrate_module, "atomic_write_json", broken)  # fails after the report files are written
+    with pytest.raises(OSError, match="disk full"):
+        result.save(tmp_path / "cal")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_calibrate_cli_prints_an_existing_folder_and_never_replaces_it_without_overwrite(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "q"
+    assert main(["calibrate", "--quick", "--output", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (tmp_path / printed["output"]).is_dir() and (out / "calibration.json").is_file()
+    before = (out / "README.md").read_text()
+    assert main(["calibrate", "--quick", "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "calibrate: round" not in err  # refused before any pilot ran
+    assert (out / "README.md").read_text() == before
+    assert main(["calibrate", "--quick", "--output", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no staging folder left next to it

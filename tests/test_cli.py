@@ -2,12 +2,20 @@
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+from transformers import GPT2Config
 
+import hf_varinit as hv
 from hf_varinit.cli.main import COMMANDS, main
+from hf_varinit.record.stats_file import save_stats
+from hf_varinit.report.report import VarianceReport
 
 
 def _python_m(*args: str) -> subprocess.CompletedProcess:
@@ -79,3 +87,66 @@ def test_every_command_has_help(capsys):
         with pytest.raises(SystemExit) as exc:
             main([name, "--help"])
         assert exc.value.code == 0 and f"hf-varinit {name}" in capsys.readouterr().out
+
+
+# --- plan --report, and the card's "initialise a model from this report" commands -----------------------------
+V_QKV = {"q": 1e-4, "k": 4e-4, "v": 9e-4}
+
+
+def _report(folder: Path, n_embd: int = 32) -> Path:
+    """A saved report of a small GPT-2 whose Q/K/V sit at the plateaus V_QKV (2.5e-3 elsewhere) from the start."""
+    config = GPT2Config(n_layer=3, n_embd=n_embd, n_head=4, vocab_size=96, n_positions=16, bos_token_id=0,
+                        eos_token_id=0)
+    recorder = hv.VarianceRecorder(hv.from_config(config, "kaiming", seed=0), every=1, rule="kaiming")
+    plateau = np.array([[V_QKV.get(k.rsplit(".", 1)[-1], 2.5e-3) for k in recorder.keys]] * 20, dtype=np.float32)
+    save_stats(folder, step=np.arange(20) * 10, mean=np.zeros_like(plateau), var=plateau, second_moment=plateau,
+               tracked=recorder.tracked(), metadata=recorder.metadata())
+    return VarianceReport.from_stats(folder).save(folder / "report")
+
+
+def test_plan_report_takes_the_architecture_and_the_rule_from_the_report(tmp_path, capsys):
+    report = _report(tmp_path)
+    assert main(["plan", "--report", str(report), "--format", "json"]) == 0
+    rows = {r["key"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {f"layers.{i}.q" for i in range(3)} <= set(rows) and "layers.3.q" not in rows  # the report's depth
+    assert (rows["embedding"]["fan_in"], rows["embedding"]["fan_out"]) == (96, 32)  # and its vocabulary, width
+    assert rows["layers.2.k"]["std"] == pytest.approx(V_QKV["k"] ** 0.5)
+    assert f"V(W) from report {report}" in rows["layers.2.k"]["note"]
+    assert main(["plan", "--report", str(report), "--rule", "kaiming", "--format", "json"]) == 0
+    rows = {r["key"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["layers.2.k"]["std"] == pytest.approx((2 / 32) ** 0.5)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "gpt2"], "--model gpt2 and --report"),
+    (["--n-layer", "6"], "--n-layer do(es) not apply with --report"),
+])
+def test_plan_report_refuses_a_second_architecture(tmp_path, capsys, extra, message):
+    assert main(["plan", "--report", str(_report(tmp_path)), *extra]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def _card_blocks(readme: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", readme, flags=re.S)
+
+
+def test_the_cards_commands_run_as_printed(tmp_path, monkeypatch, capsys):
+    """The card's "initialise a model from this report" snippets, copied out of README.md, run from another folder."""
+    report = _report(tmp_path / "run", n_embd=128)
+    readme = (report / "README.md").read_text()
+    python = next(b for b in _card_blocks(readme, "python") if "from_report" in b)
+    cli = next(line for b in _card_blocks(readme, "bash") for line in b.splitlines() if "plan --report" in line)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    namespace: dict = {}
+    exec(python, namespace)
+    model = namespace["model"]
+    weight = model.transformer.h[2].attn.c_attn.weight.detach()
+    for i, role in enumerate("qkv"):
+        assert weight[:, i * 128 : (i + 1) * 128].var().item() == pytest.approx(V_QKV[role], rel=0.1)
+    argv = shlex.split(cli)
+    assert argv[0] == "hf-varinit" and main([*argv[1:], "--format", "json"]) == 0
+    rows = {r["key"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["layers.0.v"]["std"] == pytest.approx(V_QKV["v"] ** 0.5)

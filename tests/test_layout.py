@@ -1,7 +1,7 @@
 """The package layout is the data flow (DESIGN.md): each stage imports only the stages above it.
 
 An AST walk over ``hf_varinit/``: no import cycles, no upward imports, nothing imports ``cli/``, no
-function-level imports of the package's own modules, architecture names only in ``arch.py`` and
+function-level imports of the package's own modules outside ``cli/``, architecture names only in ``arch.py`` and
 ``init/roles.py``, and no module much over 400 lines.
 """
 
@@ -15,7 +15,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_varinit"
 
 # The stages, top to bottom: a module may import its own stage and the ones before it, never one after it.
-STAGES = ["errors", "io_utils", "models", "arch", "init", "record", "report", "train", "calibrate", "studies", "cli"]
+STAGES = ["errors", "io_utils", "reference_reports", "models", "arch", "init", "record", "report", "train", "calibrate",
+          "studies", "cli"]
 ENTRY_POINTS = {"hf_varinit", "hf_varinit.__main__"}  # the public API and `python -m hf_varinit` sit on top
 
 # Attribute and key names that only the architecture table may know.
@@ -131,9 +132,15 @@ def test_nothing_outside_cli_imports_cli():
     assert not offenders, offenders
 
 
+# The command line imports the library inside each command's `run` (and cli/main.py the command module it runs),
+# so that `hf-varinit --help` and `hf-varinit <command> --help` answer without loading torch and transformers.
+# Nothing imports cli/, so these late imports cannot hide a cycle.
+LAZY_IMPORTERS = "hf_varinit.cli"
+
+
 def test_no_function_level_imports_of_the_package():
     inner = [f"{m}:{node.lineno} imports {t}" for m in MODULES for t, node, top in imports(m)
-             if not top and not _type_checking_only(m, node)]
+             if not top and not _type_checking_only(m, node) and not m.startswith(LAZY_IMPORTERS)]
     assert not inner, "\n".join(inner)
 
 

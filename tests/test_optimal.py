@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config, LlamaConfig
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig
 
 import hf_varinit as hv
-from hf_varinit.errors import ReportError
+from hf_varinit.errors import ConfigError, ReportError
+from hf_varinit.init.roles import iter_roles
 from hf_varinit.record.stats_file import save_stats
 from hf_varinit.report.report import VarianceReport
 
@@ -108,5 +109,82 @@ def test_report_with_other_tensor_shapes_is_refused(tmp_path):
                            intermediate_size=intermediate, vocab_size=100)
 
     report = _synthetic_report(llama(128), tmp_path)
-    with pytest.raises(ReportError, match="intermediate_size=128, but the model has intermediate_size=256"):
+    with pytest.raises(ReportError, match=r"tracked tensor 'layers.0.mlp_gate' has shape \(128, 64\) in the report "
+                       r"but \(256, 64\) in the model \(config: intermediate_size 128 vs 256\)"):
         hv.from_config(llama(256), f"optimal:report={report}")
+
+
+def _small_gpt2(**changes):
+    sizes = dict(n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0)
+    return GPT2Config(**{**sizes, **changes})
+
+
+def test_report_is_not_refused_over_a_head_count_that_changes_no_tensor(tmp_path):
+    report = _synthetic_report(_small_gpt2(n_head=4), tmp_path, _qkv_value)
+    rows = {r.key: r for r in hv.init_plan(hv.from_config(_small_gpt2(n_head=8)), f"optimal:report={report}")}
+    assert rows["layers.1.k"].std == pytest.approx(V["k"] ** 0.5)
+
+
+@pytest.mark.parametrize("change, key, theirs, mine", [
+    ({"vocab_size": 120}, "embedding", (100, 32), (120, 32)),
+    ({"n_positions": 64}, "position", (32, 32), (64, 32)),
+])
+def test_report_of_other_embedding_shapes_is_refused_naming_the_tensor(tmp_path, change, key, theirs, mine):
+    report = _synthetic_report(_small_gpt2(), tmp_path)
+    with pytest.raises(ReportError) as exc:
+        hv.from_config(_small_gpt2(**change), f"optimal:report={report}")
+    message = str(exc.value)
+    assert f"tracked tensor {key!r} has shape {theirs} in the report but {mine} in the model" in message
+    assert "hv.from_report(" in message  # the fix
+
+
+def test_report_of_other_shapes_and_depth_names_the_shape_first(tmp_path):
+    report = _synthetic_report(_small_gpt2(), tmp_path)
+    spec = f"optimal:report={report},allow-depth-interpolation"
+    with pytest.raises(ReportError, match="tracked tensor 'embedding'"):
+        hv.from_config(_small_gpt2(n_layer=4, vocab_size=120), spec)
+    hv.init_plan(hv.from_config(_small_gpt2(n_layer=4)), spec)  # depth alone is mapped
+
+
+def _assert_realises(model, report_folder):
+    """Every tracked tensor / Q/K/V slice of ``model`` has the variance its report gives it."""
+    variances = VarianceReport.load(report_folder).variances()
+    checked = 0
+    for entry, param, _ in iter_roles(model):
+        if entry.tracked and entry.key in variances:
+            assert entry.view(param).detach().var().item() == pytest.approx(variances[entry.key], rel=0.05), entry.key
+            checked += 1
+    assert checked >= 3 * model.config.n_layer
+
+
+def test_from_report_builds_the_reports_model_and_realises_its_variances(gpt2_config, tmp_path):
+    report = _synthetic_report(gpt2_config, tmp_path, _qkv_value)
+    for source in (report, str(report), VarianceReport.load(report)):
+        model = hv.from_report(source, seed=0)
+        assert isinstance(model, GPT2LMHeadModel)
+        assert (model.config.n_layer, model.config.n_embd, model.config.vocab_size) == (2, 256, 1000)
+        _assert_realises(model, report)
+    assert hv.from_report(report, seed=3).config.varinit_rule == f"optimal:report={report}"
+    same = [hv.from_report(report, seed=3).transformer.h[0].attn.c_attn.weight for _ in range(2)]
+    assert torch.equal(*same)
+
+
+def test_from_report_applies_config_overrides(tmp_path):
+    small = _small_gpt2(n_layer=4)
+    report = _synthetic_report(small, tmp_path, lambda key: 1e-3 * (1 + int(key.split(".")[1])) if
+                               key.startswith("layers.") else 1e-3)
+    deeper = hv.from_report(report, seed=0, n_layer=8, n_head=8)  # depth mapped by relative depth
+    assert (deeper.config.n_layer, deeper.config.n_head) == (8, 8)
+    rows = {r.key: r for r in hv.init_plan(deeper, deeper.varinit_init_rule)}
+    assert rows["layers.7.q"].std ** 2 == pytest.approx(4e-3)
+    with pytest.raises(ReportError, match="tracked tensor 'embedding' has shape"):
+        hv.from_report(report, vocab_size=300)
+    with pytest.raises(ReportError, match="hidden size 32, but the model has 64"):
+        hv.from_report(report, n_embd=64)
+    with pytest.raises(ConfigError, match="no entry 'n_layers'"):
+        hv.from_report(report, n_layers=8)
+
+
+def test_unreadable_report_path_is_a_report_error(tiny_gpt2_config):
+    with pytest.raises(ReportError, match="cannot be read: File name too long"):
+        hv.init_plan(hv.from_config(tiny_gpt2_config), f"optimal:report={'x' * 300}")

@@ -16,6 +16,7 @@ from huggingface_hub import ModelCard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hf_varinit.cli.main import main as cli_main
 from hf_varinit.cli.report import main_report
 from hf_varinit.errors import ReportError
 from hf_varinit.record.stats_file import VarianceStats, load_stats, save_stats
@@ -125,9 +126,12 @@ def test_wider_drift_tolerance_accepts_a_slow_drift():
 # --- the report ------------------------------------------------------------------------------------
 
 
+LOCAL_CORPUS = "python-stdlib (3.11.7, 276 files)"  # how the training loop describes the offline corpus
+
+
 @pytest.fixture
 def report_dir(tmp_path) -> Path:
-    stats = gpt2_stats(dataset="stdlib")
+    stats = gpt2_stats(dataset=LOCAL_CORPUS)
     path = save_stats(tmp_path / "run", step=stats.step, mean=stats.mean, var=stats.var,
                       second_moment=stats.second_moment, tracked=stats.tracked, metadata=stats.metadata)
     return VarianceReport.from_stats(path).save(tmp_path / "report")
@@ -142,8 +146,31 @@ def test_card_yaml_parses_with_library_name_and_tags(report_dir):
     meta = _front_matter((report_dir / "README.md").read_text())
     assert meta["library_name"] == "hf_varinit"
     assert {"hf-varinit", "weight-initialization", "variance-report", "gpt2"} <= set(meta["tags"])
-    assert meta["datasets"] == ["stdlib"] and meta["n_layer"] == 2 and meta["model_type"] == "gpt2"
-    assert meta["hf_varinit_config"]["n_embd"] == 32 and meta["init_rule"] == "normal:std=0.0316"
+    assert meta["n_layer"] == 2 and meta["model_type"] == "gpt2" and meta["init_rule"] == "normal:std=0.0316"
+
+
+def test_card_metadata_is_what_the_hub_understands(report_dir):
+    card = ModelCard.load(report_dir / "README.md")
+    assert card.data.license == "apache-2.0"
+    assert card.data.datasets is None  # a local corpus is not a hub dataset id...
+    assert LOCAL_CORPUS in card.text  # ...it is described in the text
+    assert card.data.base_model is None
+    assert "hf_varinit_config" not in card.data.to_dict() and "n_embd" not in card.content.split("---")[1]
+    assert json.loads((report_dir / "config.json").read_text()) == {"model_type": "gpt2", "n_layer": 2, "n_embd": 32}
+
+
+def test_card_datasets_lists_a_hub_dataset_by_its_id(tmp_path):
+    stats = gpt2_stats(dataset="hub:Salesforce/wikitext:wikitext-2-raw-v1", license="mit")
+    folder = VarianceReport.from_stats(stats).save(tmp_path / "r")
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.datasets == ["Salesforce/wikitext"] and card.data.license == "mit"
+    reloaded = VarianceReport.load(folder)
+    assert reloaded.datasets == ["Salesforce/wikitext"] and reloaded.license == "mit"
+
+
+def test_explicit_datasets_must_be_hub_ids():
+    with pytest.raises(ReportError, match="'my local corpus' is not a hub dataset id"):
+        VarianceReport.from_stats(gpt2_stats(), datasets=["my local corpus"])
 
 
 def test_card_loads_with_model_card_and_has_the_sections(report_dir):
@@ -156,7 +183,7 @@ def test_card_loads_with_model_card_and_has_the_sections(report_dir):
 
 def test_steady_state_json_round_trips_through_load(report_dir):
     doc = json.loads((report_dir / "steady_state.json").read_text())
-    assert doc["format"] == "hf_varinit.report.steady_state" and doc["format_version"] == 1
+    assert doc["format"] == "hf_varinit.steady_state" and doc["format_version"] == 1
     loaded = VarianceReport.load(report_dir / "steady_state.json")
     original = VarianceReport.from_stats(report_dir / "variance.safetensors")
     assert loaded.variances() == pytest.approx(original.variances())
@@ -180,6 +207,23 @@ def test_plots_work_without_qkv_roles(tmp_path):
     assert "V(W) linear" in (folder / "README.md").read_text()
 
 
+def test_qkv_table_equilibration_is_of_q_k_v_only(tmp_path):
+    stats = gpt2_stats(n_layer=1)
+    stats.tracked.append({"key": "layers.0.mlp_in", "role": "mlp_in", "layer": 0, "init_std": math.sqrt(START)})
+    late = rising_then_flat(STEPS, np.random.default_rng(5))
+    late[STEPS < 700] = PLATEAU * 0.5  # the MLP tensor settles only at step 700
+    for name in ("var", "second_moment", "mean"):
+        column = late if name != "mean" else np.zeros_like(late)
+        setattr(stats, name, np.concatenate([getattr(stats, name), column[:, None]], axis=1))
+    report = VarianceReport.from_stats(stats)
+    assert report.layers[0] == 700  # the layer as a whole (steady_state.json "layers")
+    qkv_step = max(report.tensors[f"layers.0.{r}"].equilibration_step for r in "qkv")
+    assert qkv_step < 700
+    table = report.to_markdown_table()
+    assert "equilibration step (Q/K/V)" in table
+    assert table.splitlines()[-1].endswith(f"| {qkv_step} |")
+
+
 def test_nonstationary_tensors_are_named_in_the_card(tmp_path):
     stats = gpt2_stats()
     stats.second_moment[:, 0] = 1e-3 + 1e-5 * stats.step
@@ -198,11 +242,54 @@ def test_variances_nonstationary_modes():
         report.variances("error")
 
 
-def test_save_into_existing_folder_keeps_unrelated_files(report_dir):
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_save_refuses_an_existing_report_folder_and_writes_nothing(report_dir):
     (report_dir / "notes.txt").write_text("mine")
-    VarianceReport.load(report_dir).save(report_dir)
-    assert (report_dir / "notes.txt").read_text() == "mine"
-    assert (report_dir / "steady_state.json").exists()
+    before = _snapshot(report_dir)
+    other = VarianceReport.from_stats(gpt2_stats(n_layer=3))
+    with pytest.raises(ReportError, match=f"{report_dir} already exists; pass --overwrite"):
+        other.save(report_dir)
+    assert _snapshot(report_dir) == before
+    assert sorted(os.listdir(report_dir.parent)) == ["report", "run"]  # no temp folder left next to it
+
+
+def test_overwrite_replaces_the_folder_whole(report_dir):
+    (report_dir / "notes.txt").write_text("mine")
+    VarianceReport.from_stats(gpt2_stats(n_layer=3)).save(report_dir, overwrite=True)
+    assert not (report_dir / "notes.txt").exists()
+    assert VarianceReport.load(report_dir).n_layer == 3
+    assert sorted(os.listdir(report_dir.parent)) == ["report", "run"]
+
+
+def test_save_into_an_empty_existing_folder_needs_no_overwrite(tmp_path):
+    (tmp_path / "r").mkdir()
+    assert (VarianceReport.from_stats(gpt2_stats()).save(tmp_path / "r") / "README.md").exists()
+
+
+def test_cli_report_needs_overwrite_for_an_existing_folder(tmp_path):
+    run = gpt2_stats().save(tmp_path / "run")
+    assert cli_main(["report", str(run), "--output", str(tmp_path / "out")]) == 0
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path / "out")
+    assert cli_main(["report", str(run), "--output", str(tmp_path / "out")]) == 1
+    assert _snapshot(tmp_path / "out") == before
+    assert cli_main(["report", str(run), "--output", str(tmp_path / "out"), "--overwrite"]) == 0
+    assert not (tmp_path / "out" / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("umask, folder_mode, file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_report_folders_get_normal_permissions(tmp_path, umask, folder_mode, file_mode):
+    previous = os.umask(umask)
+    try:
+        folder = VarianceReport.from_stats(gpt2_stats()).save(tmp_path / "r")
+    finally:
+        os.umask(previous)
+    assert folder.stat().st_mode & 0o777 == folder_mode
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert "variance.safetensors" in modes and set(modes.values()) == {file_mode}, modes
 
 
 def test_failed_save_leaves_no_folder_and_no_temp(tmp_path, monkeypatch):
@@ -306,7 +393,7 @@ def _report_like(draw) -> dict:
                                    st.dictionaries(st.sampled_from(["v_w", "layer", "role", "stationary",
                                                                     "window", "band", "drift"]), _json),
                                    max_size=3))
-    return {"format": "hf_varinit.report.steady_state", "format_version": 1, "tensors": tensors,
+    return {"format": "hf_varinit.steady_state", "format_version": 1, "tensors": tensors,
             "options": draw(st.one_of(st.just({}), _json)), "n_layer": draw(_json)}
 
 
@@ -321,3 +408,13 @@ def test_fuzz_arbitrary_json_loads_or_raises_report_error(doc):
         except ReportError:
             return
         assert all(v > 0 and math.isfinite(v) for v in report.variances().values())
+
+
+def test_demo_refuses_an_existing_report_dir_before_training(tmp_path):
+    (tmp_path / "cards" / "mine").mkdir(parents=True)
+    (tmp_path / "cards" / "mine" / "README.md").write_text("committed evidence")
+    argv = ["demo", "--output-dir", str(tmp_path / "run"), "--report-dir", str(tmp_path / "cards" / "mine")]
+    start = time.monotonic()
+    assert cli_main(argv) == 1
+    assert time.monotonic() - start < 20 and not (tmp_path / "run").exists()  # refused up front: nothing trained
+    assert (tmp_path / "cards" / "mine" / "README.md").read_text() == "committed evidence"

@@ -137,3 +137,21 @@ def test_custom_rule_via_registry(tiny_gpt2_config):
     hv.register_rule("test_constant", Constant, overwrite=True)
     model = hv.from_config(tiny_gpt2_config, "test_constant:value=0.25", seed=0)
     assert torch.all(model.transformer.h[0].mlp.c_fc.weight == 0.25)
+
+
+def test_custom_rule_values_are_type_checked_against_real_annotations():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Scaled(hv.InitRule):  # annotations are real types here, not strings
+        name = "test_scaled"
+        scale: float = 0.5
+
+        def weight_init(self, entry, ctx):
+            return hv.Init("normal", std=self.scale / entry.fan_in ** 0.5)
+
+    hv.register_rule("test_scaled", Scaled, overwrite=True)
+    assert hv.get_rule({"name": "test_scaled", "scale": 2}).scale == 2.0
+    for bad in ([1], None, True, {"x": 1}):
+        with pytest.raises(RuleError, match="scale must be float"):
+            hv.get_rule({"name": "test_scaled", "scale": bad})

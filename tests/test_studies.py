@@ -174,3 +174,67 @@ def test_compare_optimal_cli_quick_writes_pilot_and_calibration(tmp_path):
     assert (out / "calibration" / "convergence.csv").is_file()
     assert _front_matter(out / "README.md")["library_name"] == "hf_varinit"
     assert "hf-varinit compare --study optimal" in (out / "README.md").read_text()
+
+
+# ----------------------------------------------------------------------------- flags, outputs, overwrite
+
+
+def _flags(command):
+    from hf_varinit.cli.main import build_parser
+
+    sub = build_parser([command])._subparsers._group_actions[0].choices[command]
+    return {a.dest: a for a in sub._actions if a.option_strings and a.dest != "help"}
+
+
+@pytest.mark.parametrize("command, configs", [("sweep", ["SweepConfig"]), ("compare", ["CompareConfig"]),
+                                              ("calibrate", ["CalibrateConfig", "MLPPilotConfig"])])
+def test_study_flags_are_the_config_fields_each_with_help_and_default(command, configs):
+    import dataclasses
+
+    from hf_varinit.studies import configs as configs_module
+
+    flags = _flags(command)
+    fields = {f.name for name in configs for f in dataclasses.fields(getattr(configs_module, name))}
+    assert fields <= set(flags), f"fields without a flag: {fields - set(flags)}"
+    for dest, action in flags.items():
+        assert action.help and "(default:" in action.help, f"--{dest} does not show its default: {action.help!r}"
+
+
+def test_calibrate_help_says_which_defaults_apply_to_the_mlp_and_which_to_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--model mlp" in text and "with --config YAML" in text and "the MLP defaults shown do not apply" in text
+
+
+def test_study_reports_default_under_runs_not_model_cards():
+    from hf_varinit.studies.configs import CompareConfig, SweepConfig
+
+    assert SweepConfig().output.startswith("runs/")
+    assert CompareConfig(study="optimal", dataset="wine").output == "runs/optimal-vs-he-wine"
+
+
+def test_write_folder_refuses_an_existing_report_without_overwrite(tmp_path):
+    from hf_varinit.errors import ReportError
+    from hf_varinit.studies.render import write_folder
+
+    dest = tmp_path / "report"
+    write_folder(dest, {"README.md": lambda p: p.write_text("old")})
+    with pytest.raises(ReportError, match="--overwrite"):
+        write_folder(dest, {"README.md": lambda p: p.write_text("new")})
+    assert (dest / "README.md").read_text() == "old"
+    write_folder(dest, {"README.md": lambda p: p.write_text("new")}, overwrite=True)
+    assert (dest / "README.md").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no temporary folder left
+
+
+@pytest.mark.parametrize("argv", [["sweep", "--quick"], ["compare", "--quick"]])
+def test_study_cli_refuses_to_replace_a_report_before_doing_any_work(tmp_path, capsys, argv):
+    out = tmp_path / "evidence"
+    out.mkdir()
+    (out / "README.md").write_text("committed")
+    assert main([*argv, "--output", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "--overwrite" in captured.err and str(out) in captured.err
+    assert "done" not in captured.err  # refused up front, no arm or point was trained
+    assert (out / "README.md").read_text() == "committed"

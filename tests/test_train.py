@@ -6,6 +6,7 @@ Tiny runs (2 layers, n_embd 32, block 32) of configs/gpt2-tiny-test.yaml; in-pro
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -19,10 +20,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_varinit.cli import pretrain as pretrain_command
 from hf_varinit.cli.main import main
 from hf_varinit.errors import ConfigError, NonFiniteLossError
 from hf_varinit.record.stats_file import load_stats
-from hf_varinit.train.checkpoint import COMPLETE, find_latest_checkpoint
+from hf_varinit.train.checkpoint import COMPLETE, complete_checkpoints, find_latest_checkpoint
 from hf_varinit.train.loop import run_pretrain
 from hf_varinit.train.options import PretrainOptions, load_yaml_options, parse_options
 
@@ -265,3 +267,74 @@ def test_kill_and_resume_twice_is_bit_identical(tmp_path, cache_dir):
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "OK: bit-identical" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- the console, help
+
+
+def _run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "hf_varinit", "pretrain", "--config", TEST_CONFIG, *args]
+    env = {**{k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}, "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_console_has_no_known_warnings_and_resume_says_where_it_starts(tmp_path, cache_dir):
+    common = ("--output-dir", str(tmp_path), "--cache-dir", cache_dir, "--checkpoint-every", "2")
+    first = _run_cli(*common, "--max-steps", "3")
+    output = first.stdout + first.stderr
+    assert first.returncode == 0, output[-3000:]
+    assert "loss_type" not in output and "Removed shared tensor" not in output
+    assert "it/s" in output  # the progress bar is there, only the warnings are gone
+    assert re.search(r"eval loss \d+\.\d{3} \(ppl \d+\.\d\)", first.stdout)  # rounded, not 6.205443382263184
+    assert f"checkpoints  {tmp_path / 'checkpoints'}" in first.stdout
+    second = _run_cli(*common, "--max-steps", "4", "--resume", "--disable-tqdm")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming from step 3 (checkpoint {tmp_path / 'checkpoints' / 'step_3'})" in second.stdout
+    assert "it/s" not in second.stdout + second.stderr and "Tokenizing" not in second.stderr
+
+
+def test_tqdm_disable_env_turns_the_progress_bar_off(tmp_path, cache_dir, monkeypatch, capsys):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    pretrain(tmp_path, cache_dir, "--max-steps", "2", "--checkpoint-every", "none")
+    captured = capsys.readouterr()
+    assert "pretrain:" not in captured.err and "it/s" not in captured.err
+    assert "checkpoints" not in captured.out  # none written: no checkpoints path
+    assert "final model" in captured.out
+
+
+def test_checkpoint_saves_drop_the_shared_tensor_warning(tmp_path, cache_dir, caplog):
+    pretrain(tmp_path, cache_dir, "--max-steps", "2", "--checkpoint-every", "1")
+    assert not [r for r in caplog.records if "Removed shared tensor" in r.getMessage()]
+    assert [step for step, _ in complete_checkpoints(tmp_path)] == [1, 2]
+
+
+def test_a_finished_run_continues_to_a_larger_max_steps(tmp_path, cache_dir, capsys):
+    finished = pretrain(tmp_path, cache_dir, "--max-steps", "4", "--checkpoint-every", "3", "--keep-last", "5")
+    assert [step for step, _ in complete_checkpoints(tmp_path)] == [3, 4]  # the last step is checkpointed
+    continued = pretrain(tmp_path, cache_dir, "--max-steps", "6", "--checkpoint-every", "3", "--keep-last", "5",
+                         "--resume")
+    assert continued.resumed_from.name == "step_4" and continued.step == 6
+    assert continued.tokens == 6 * 4 * 32 and finished.tokens == 4 * 4 * 32
+    assert "max_steps 4 -> 6: the warmup + cosine schedule is rebuilt over 6 steps" in capsys.readouterr().out
+    lines = [json.loads(line) for line in continued.metrics_path.read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
+    lr = {x["step"]: x["lr"] for x in lines}
+    assert lr[4] == pytest.approx(0.0, abs=1e-12) and lr[5] > 0.1 * 1e-3  # the rebuilt cosine: lr rises again
+    stats = load_stats(continued.stats_path)
+    assert stats.step.tolist() == [0, 2, 4, 6] and stats.metadata["max_steps"] == 6
+    with pytest.raises(ConfigError, match=r"max_steps=6, now max_steps=5.*may grow"):
+        pretrain(tmp_path, cache_dir, "--max-steps", "5", "--checkpoint-every", "3", "--resume")
+
+
+def test_every_pretrain_option_has_help_and_shows_its_default():
+    parser = argparse.ArgumentParser(prog="hf-varinit pretrain")
+    pretrain_command.add_arguments(parser)
+    options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert {"--disable-tqdm", "--max-steps", "--resume", "--report-to", "--config"} <= \
+        {s for a in options for s in a.option_strings}
+    for action in options:
+        assert action.help and "(default: " in action.help, action.option_strings
+    text = " ".join(parser.format_help().split())  # argparse wraps the lines
+    assert "rebuilt over the new max_steps" in text and "TQDM_DISABLE" in text

@@ -2,17 +2,20 @@
 
 import json
 import pickle
+import re
 import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 import hf_varinit as hv
 from hf_varinit.cli.main import main as cli_main
 from hf_varinit.errors import ReportError
+from hf_varinit.record import from_checkpoint
 from hf_varinit.record.from_checkpoint import stats_from_checkpoint
 
 
@@ -53,7 +56,7 @@ def test_report_from_model_cli_writes_a_checkpoint_report(tmp_path):
     assert cli_main(["report", "--from-model", str(tmp_path / "ckpt"), "--output", str(tmp_path / "rep")]) == 0
     doc = json.loads((tmp_path / "rep" / "steady_state.json").read_text())
     q = doc["tensors"]["layers.1.q"]
-    assert q["stationary"] and q["v_w"] > 0
+    assert q["stationary"] is None and q["v_w"] > 0  # one snapshot: V(W) is its second moment, nothing is judged
     card = (tmp_path / "rep" / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "hf_varinit"
@@ -107,3 +110,54 @@ def test_llama_checkpoint_report_initialises_a_deeper_model(tmp_path):
     assert rows["layers.7.k"].note == "interpolated from layer 3"
     assert model.model.layers[7].self_attn.k_proj.weight.var().item() == pytest.approx(
         source["layers.3.k"]["v_w"], rel=0.1)
+
+
+@pytest.fixture
+def saved_gpt2(tmp_path, tiny_gpt2_config):
+    """A real tiny GPT-2 built under the `gpt2` rule and saved with save_pretrained."""
+    hv.from_config(tiny_gpt2_config, rule="gpt2", seed=0).save_pretrained(tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def test_report_of_final_weights_states_what_it_is_and_claims_nothing_about_training(saved_gpt2, tmp_path):
+    assert cli_main(["report", "--from-model", str(saved_gpt2), "--output", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "README.md").read_text()
+    assert f"statistics of one set of weights: {saved_gpt2}, not a training record" in text.lower()
+    for claim in ("stationary", "steady state", "steady-state", "equilibrat", "during pretraining", "reached"):
+        assert claim not in text.lower(), claim
+    assert re.search(r"\| init rule \| gpt2 \|", text)  # config.varinit_rule, not the "hf" of the meta model
+    assert ModelCard.load(tmp_path / "rep" / "README.md").data.init_rule == "gpt2"
+    assert sorted(p.name for p in (tmp_path / "rep").glob("*.png")) == ["steady_state_vs_depth.png"]
+    doc = json.loads((tmp_path / "rep" / "steady_state.json").read_text())
+    assert doc["layers"] == {} and all(t["equilibration_step"] is None for t in doc["tensors"].values())
+    report = hv.VarianceReport.load(tmp_path / "rep")
+    assert report.nonstationary_keys == [] and set(report.variances("error")) == set(doc["tensors"])
+
+
+def test_report_of_weights_without_a_recorded_rule_says_unknown(saved_gpt2, tmp_path):
+    config = json.loads((saved_gpt2 / "config.json").read_text())
+    del config["varinit_rule"]
+    (saved_gpt2 / "config.json").write_text(json.dumps(config))
+    assert stats_from_checkpoint(saved_gpt2).metadata["rule"] is None
+    folder = hv.VarianceReport.from_stats(stats_from_checkpoint(saved_gpt2)).save(tmp_path / "rep")
+    assert "| init rule | unknown |" in (folder / "README.md").read_text()
+
+
+def test_report_of_a_hub_checkpoint_names_it_as_base_model(saved_gpt2, tmp_path, monkeypatch):
+    fetched = []
+    monkeypatch.setattr(from_checkpoint, "snapshot_download",
+                        lambda repo_id, **kwargs: fetched.append(repo_id) or str(saved_gpt2))
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["report", "--from-model", "someone/tiny-gpt2", "--output", "rep"]) == 0
+    assert fetched == ["someone/tiny-gpt2"]
+    card = ModelCard.load(tmp_path / "rep" / "README.md")
+    assert card.data.base_model == "someone/tiny-gpt2" and card.data.license == "apache-2.0"
+    config = json.loads((tmp_path / "rep" / "config.json").read_text())
+    assert config["n_embd"] == 32 and config["varinit_rule"] == "gpt2"
+    assert "n_embd" not in card.content.split("---")[1]  # the config is a file, not the YAML header
+    assert hv.VarianceReport.load(tmp_path / "rep").base_model == "someone/tiny-gpt2"
+
+
+def test_a_local_checkpoint_has_no_base_model(saved_gpt2, tmp_path):
+    folder = hv.VarianceReport.from_stats(stats_from_checkpoint(saved_gpt2)).save(tmp_path / "rep")
+    assert ModelCard.load(folder / "README.md").data.base_model is None

@@ -1,9 +1,11 @@
 """``hf-varinit calibrate``: iterate init -> pilot training -> V(W) to the fixed point s0^2 = V(W).
 
-    hf-varinit calibrate --model mlp --rounds 4 --tol 0.05 --output model_cards/mlp-calibrated
-    hf-varinit calibrate --config configs/gpt2-12l-tiny.yaml --rounds 3
+    hf-varinit calibrate --model mlp --rounds 4 --tol 0.05            # report in runs/mlp-calibrated-mnist-subset
+    hf-varinit calibrate --config gpt2-12l-tiny --rounds 3 --steps 150  # a GPT-2 pilot, report in runs/gpt2-calibrated
 
-The loop and the pilot registry are `hf_varinit.calibrate`; the MLP pilot is `hf_varinit.studies.calibrate_mlp`.
+The flags are the fields of `CalibrateConfig` (the loop) and `MLPPilotConfig` (the MLP pilot) in
+`hf_varinit.studies.configs`. The loop and the pilot registry are `hf_varinit.calibrate`; the MLP pilot is
+`hf_varinit.studies.calibrate_mlp`.
 """
 
 from __future__ import annotations
@@ -13,64 +15,61 @@ import dataclasses
 import json
 from pathlib import Path
 
-from hf_varinit.calibrate import calibrate_pilot
-from hf_varinit.report.steady_state import AnalysisOptions
-from hf_varinit.studies.calibrate_mlp import MLPPilot, mlp_title
+from hf_varinit.studies.configs import RUNS, CalibrateConfig, MLPPilotConfig, add_config_arguments, config_values
 
 QUICK = dict(dataset="wine", depth=2, width=16, steps=150, record_every=5, rounds=4, tol=0.05)
-_LOOP_DEFAULTS = {"rounds": 4, "tol": 0.05}
+# pilot flags that a language-model pilot (--config) also takes, overriding its YAML
+LM_OVERRIDES = ("steps", "lr", "seed", "batch_size", "record_every")
+
+DESCRIPTION = f"""\
+Iterate init -> pilot training -> V(W) until the fixed point s0^2 = V(W).
+
+Which defaults apply:
+  the loop options (--rounds, --tol, --initial-rule, --drift-tol, --window-fraction, --output) apply to every pilot;
+  the MLP pilot options apply to --model mlp (the default) with the defaults shown;
+  with --config YAML (a GPT-2 / Llama pilot) the model, data and training come from the YAML, and only
+  {', '.join('--' + n.replace('_', '-') for n in LM_OVERRIDES)} override it (the MLP defaults shown do not apply).
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``hf-varinit calibrate`` options to ``parser``."""
-    d = MLPPilot()
-    parser.add_argument("--model", default=None,
-                        help="pilot model: 'mlp' (default), or one registered with register_pilot_factory "
-                             "(default with --config: 'gpt2')")
-    parser.add_argument("--config", default=None, help="a model/training YAML for non-MLP pilots (e.g. GPT-2)")
-    parser.add_argument("--dataset", default=None, help=f"MLP: classification set (default {d.dataset})")
-    parser.add_argument("--depth", type=int, default=None, help=f"MLP hidden layers (default {d.depth})")
-    parser.add_argument("--width", type=int, default=None, help=f"MLP hidden width (default {d.width})")
-    parser.add_argument("--activation", default=None, help=f"MLP activation (default {d.activation})")
-    parser.add_argument("--lr", type=float, default=None, help=f"pilot SGD learning rate (default {d.lr})")
-    parser.add_argument("--steps", type=int, default=None, help=f"pilot steps (default {d.steps})")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}")
-    parser.add_argument("--record-every", type=int, default=None, help=f"default {d.record_every}")
-    parser.add_argument("--seed", type=int, default=None, help="init seed and data order (same every round)")
-    parser.add_argument("--max-train", type=int, default=None)
-    parser.add_argument("--weight-decay", type=float, default=None,
-                        help="pilot SGD weight decay (default 0: plain SGD)")
-    parser.add_argument("--rounds", type=int, default=None, help="most pilot runs (default 4)")
-    parser.add_argument("--tol", type=float, default=None, help="max relative change to stop at (default 0.05)")
-    parser.add_argument("--initial-rule", default="kaiming", help="init of round 0 (default kaiming)")
-    parser.add_argument("--drift-tol", type=float, default=None, help="steady-state drift tolerance (default 0.05)")
-    parser.add_argument("--window-fraction", type=float, default=None, help="trailing window (default 0.25)")
-    parser.add_argument("--output", default=None, help="report folder (default model_cards/mlp-calibrated-<dataset>)")
-    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke test (wine, 2x16)")
+    """Add the ``hf-varinit calibrate`` options to ``parser``: `CalibrateConfig`'s, then `MLPPilotConfig`'s."""
+    parser.description = DESCRIPTION
+    add_config_arguments(parser.add_argument_group("calibration loop (every pilot)"), CalibrateConfig)
+    pilot = parser.add_argument_group(
+        "MLP pilot (--model mlp; with --config only " + ", ".join("--" + n.replace("_", "-") for n in LM_OVERRIDES)
+        + " apply, over the YAML)")
+    add_config_arguments(pilot, MLPPilotConfig)
+    parser.add_argument("--quick", action="store_true",
+                        help="a seconds-long smoke test: wine, a 2x16 MLP, 150 steps (default: off)")
 
 
 def _resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the options not given: the pilot's defaults (MLP ones only for the MLP), ``--quick``, the output."""
     if args.model is None:
         args.model = "gpt2" if args.config else "mlp"
-    defaults = dict(_LOOP_DEFAULTS)
+    loop = CalibrateConfig()
+    defaults = {"rounds": loop.rounds, "tol": loop.tol, "initial_rule": loop.initial_rule}
     if args.model == "mlp":  # language-model pilots take their settings from the YAML
-        defaults.update(dataclasses.asdict(MLPPilot()))
+        defaults.update(dataclasses.asdict(MLPPilotConfig()))
     if args.quick:
         defaults.update(QUICK)
     for k, v in defaults.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
     if args.output is None:
-        args.output = (f"model_cards/mlp-calibrated-{args.dataset}{'-quick' if args.quick else ''}"
-                       if args.model == "mlp" else f"model_cards/{args.model}-calibrated")
+        args.output = (f"{RUNS}/mlp-calibrated-{args.dataset}{'-quick' if args.quick else ''}"
+                       if args.model == "mlp" else f"{RUNS}/{args.model}-calibrated")
+    args.overwrite = bool(args.overwrite)
     return args
 
 
 def _command(args: argparse.Namespace) -> str:
     """The command line that regenerates the report (written into its card)."""
     if args.model != "mlp":
-        return f"hf-varinit calibrate --model {args.model} --config {args.config} --output {args.output}"
+        extra = [f"--{n.replace('_', '-')} {getattr(args, n)}" for n in LM_OVERRIDES if getattr(args, n) is not None]
+        return " ".join([f"hf-varinit calibrate --model {args.model} --config {args.config}", *extra,
+                         f"--rounds {args.rounds} --tol {args.tol} --output {args.output}"])
     parts = ["hf-varinit calibrate --model mlp", f"--dataset {args.dataset}", f"--depth {args.depth}",
              f"--width {args.width}", f"--activation {args.activation}", f"--lr {args.lr}", f"--steps {args.steps}",
              f"--batch-size {args.batch_size}", f"--record-every {args.record_every}", f"--seed {args.seed}",
@@ -87,14 +86,18 @@ def _command(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Calibrate with the pilot ``--model``; print the outcome as one JSON line."""
+    from hf_varinit.calibrate import calibrate_pilot
+    from hf_varinit.report.steady_state import AnalysisOptions
+    from hf_varinit.studies.calibrate_mlp import mlp_title  # importing it registers the MLP pilot
+
     args = _resolve(args)
-    options = AnalysisOptions(**{k: getattr(args, k) for k in ("drift_tol", "window_fraction")
-                                 if getattr(args, k) is not None})
+    options = AnalysisOptions(**{k: v for k, v in config_values(args, CalibrateConfig).items()
+                                 if k in ("drift_tol", "window_fraction")})
     result = calibrate_pilot(args.model, args, rounds=args.rounds, tol=args.tol, initial_rule=args.initial_rule,
-                             options=options, output=args.output,
+                             options=options, output=args.output, overwrite=args.overwrite,
                              title=mlp_title(args) if args.model == "mlp" else None, command=_command(args))
-    print(json.dumps({"output": str(Path(args.output)), "converged": result.converged,
-                      "rounds": len(result.history),
+    output = Path(args.output)
+    print(json.dumps({"output": str(output), "converged": result.converged, "rounds": len(result.history),
                       "max_rel_change": [round(h["max_rel_change"], 5) for h in result.history],
                       "wall_seconds": result.metadata["wall_seconds"]}))
     return 0

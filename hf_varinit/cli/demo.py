@@ -11,12 +11,11 @@ variance report that ``optimal:report=<folder>`` can initialise the next model f
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 from pathlib import Path
 
-from hf_varinit.report.report import VarianceReport
-from hf_varinit.train.loop import run_pretrain
-from hf_varinit.train.options import parse_options
+# the library (torch, transformers) is imported inside `run`, so `hf-varinit demo --help` is fast
 
 DEMO_CONFIG = "gpt2-12l-tiny"  # a bundled config (configs/gpt2-12l-tiny.yaml)
 
@@ -27,13 +26,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pretraining YAML or bundled config name (default: gpt2-12l-tiny)")
     parser.add_argument("--output-dir", default="runs/demo", help="where the run goes")
     parser.add_argument("--report-dir", default=None, help="where the report goes (default: <output-dir>/report)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --report-dir outside --output-dir (default: refuse up front)")
     parser.add_argument("--init", default=None, help="init rule spec (default: the config's)")
     parser.add_argument("--max-steps", type=int, default=None, help="override the config's number of steps")
 
 
-def run(args: argparse.Namespace) -> None:
-    """Pretrain with recording, then write the variance report; print where it went and the next command."""
+def run(args: argparse.Namespace) -> int:
+    """Pretrain with recording, then write the variance report; print where it went and the next command.
+
+    Stopped by Ctrl-C or SIGTERM, it writes no report, prints the ``hf-varinit pretrain ... --resume`` command
+    that continues the run, and returns 130 or 143.
+    """
+    from hf_varinit.report.publish import check_destination
+    from hf_varinit.report.report import VarianceReport
+    from hf_varinit.train.loop import run_pretrain
+    from hf_varinit.train.options import parse_options
+
     output = Path(args.output_dir)
+    if args.report_dir is not None and not Path(args.report_dir).resolve().is_relative_to(output.resolve()):
+        check_destination(args.report_dir, overwrite=args.overwrite)  # before training, not after
     if (output / "variance.safetensors").exists() or (output / "checkpoints").exists():
         print(f"replacing the previous run in {output}/")  # the demo starts fresh; pretrain --resume continues
         shutil.rmtree(output)
@@ -42,8 +54,12 @@ def run(args: argparse.Namespace) -> None:
         argv += ["--init", args.init]
     if args.max_steps is not None:
         argv += ["--max-steps", str(args.max_steps)]
-    result = run_pretrain(parse_options(argv))
-    report_dir = VarianceReport.from_stats(result.stats_path).save(args.report_dir or Path(args.output_dir) / "report")
+    result = run_pretrain(parse_options(argv), command=shlex.join(["hf-varinit", "pretrain", *argv]))
+    if result.stopped_by is not None:
+        return result.exit_code
+    report_dir = VarianceReport.from_stats(result.stats_path).save(
+        args.report_dir or Path(args.output_dir) / "report", overwrite=True)  # checked above, or inside the fresh run
     print(f"variance report  {report_dir}/ (README.md model card, steady_state.json, plots)")
     print(f'next model       hf-varinit pretrain --config {args.config} --output-dir {args.output_dir}-optimal '
           f'--init "optimal:report={report_dir}"')
+    return 0

@@ -1,4 +1,10 @@
-"""`hf-varinit plan`: print what std every tensor (or Q/K/V slice) of a model would get under a rule."""
+"""`hf-varinit plan`: print what std every tensor (or Q/K/V slice) of a model would get under a rule.
+
+    hf-varinit plan --model gpt2 --n-layer 12 --n-embd 256 --rule kaiming
+    hf-varinit plan --report model_cards/gpt2-12l-tiny-kaiming      # the report's model under optimal:report=...
+
+torch, transformers and the library load inside `run`, so ``hf-varinit plan --help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +13,19 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
-import transformers
-from transformers import AutoConfig
-
-from hf_varinit.arch import build_config, config_options, default_mlp_width
 from hf_varinit.errors import ConfigError, HFVarInitError
-from hf_varinit.init.patch import PlanRow, from_config, init_plan
-from hf_varinit.models import VarInitMLPConfig
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from hf_varinit.init.patch import PlanRow
 
 # --model name -> model_type (the names are the CLI's; the table behind them is `hf_varinit.arch`)
+MLP_TYPE = "varinit_mlp"
 MODELS = {"gpt2": "gpt2", "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "bert": "bert",
-          "gpt_neox": "gpt_neox", "mlp": VarInitMLPConfig.model_type}
+          "gpt_neox": "gpt_neox", "mlp": MLP_TYPE}
 # the size flags of `plan`, and the `build_config` option each one sets
 _SIZE_FLAGS = {"n_layer": "n_layer", "n_embd": "n_embd", "n_head": "n_head", "n_kv_heads": "n_kv_heads",
                "vocab_size": "vocab_size", "input_size": "input_size", "n_labels": "num_labels"}
@@ -38,6 +44,10 @@ def plan_config(model: str, **options):
         options: the size flags (``n_layer``, ``n_embd``, ``n_head``, ``n_kv_heads``, ``vocab_size``, ``input_size``,
             ``n_labels``); None means the default. Without ``n_head``, heads of dimension 64.
     """
+    from transformers import AutoConfig
+
+    from hf_varinit.arch import build_config, config_options, default_mlp_width
+
     options = {k: v for k, v in options.items() if v is not None}
     if model not in MODELS:
         try:
@@ -80,37 +90,70 @@ def format_table(rows: Sequence[PlanRow]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="gpt2",
-                        help=f"one of {', '.join(MODELS)}, or a config folder / hub id")
-    parser.add_argument("--rule", default="hf", help="init rule spec, e.g. kaiming, 'normal:std=0.02'")
-    parser.add_argument("--n-layer", type=int, help="number of blocks (MLP: hidden layers)")
-    parser.add_argument("--n-embd", type=int, help="hidden size (MLP: width)")
-    parser.add_argument("--n-head", type=int, help="attention heads")
-    parser.add_argument("--n-kv-heads", type=int, help="key/value heads (Llama family)")
-    parser.add_argument("--vocab-size", type=int, help="vocabulary size")
-    parser.add_argument("--input-size", type=int, help="MLP input features")
-    parser.add_argument("--n-labels", type=int, help="MLP classes")
+    parser.add_argument("--model", default=None,
+                        help=f"one of {', '.join(MODELS)}, or a config folder / hub id (default: gpt2; with --report, "
+                             "the report's model)")
+    parser.add_argument("--report", default=None, metavar="DIR",
+                        help="a variance report (folder, file or hub id): plan the model it was measured on, under "
+                             "optimal:report=DIR unless --rule is given (default: none)")
+    parser.add_argument("--rule", default=None,
+                        help="init rule spec, e.g. kaiming, 'normal:std=0.02' (default: hf; with --report, "
+                             "optimal:report=DIR)")
+    parser.add_argument("--n-layer", type=int, help="number of blocks (MLP: hidden layers) (default: the model's)")
+    parser.add_argument("--n-embd", type=int, help="hidden size (MLP: width) (default: the model's)")
+    parser.add_argument("--n-head", type=int, help="attention heads (default: head dimension 64)")
+    parser.add_argument("--n-kv-heads", type=int, help="key/value heads, Llama family (default: --n-head)")
+    parser.add_argument("--vocab-size", type=int, help="vocabulary size (default: the model's)")
+    parser.add_argument("--input-size", type=int, help="MLP input features (default: the MLP's)")
+    parser.add_argument("--n-labels", type=int, help="MLP classes (default: the MLP's)")
     parser.add_argument("--head", choices=("lm", "base", "seq-cls", "token-cls"), default="lm",
-                        help="which model class: LM head (default), base model, or a classification head")
-    parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+                        help="which model class: LM head, base model, or a classification head (default: %(default)s)")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                        help="output format (default: %(default)s)")
 
 
 _HEADS = {"lm": None, "base": "AutoModel", "seq-cls": "AutoModelForSequenceClassification",
           "token-cls": "AutoModelForTokenClassification"}
 
 
+def _report_config(args: argparse.Namespace) -> PretrainedConfig:
+    """The config of the model ``--report`` was measured on; sizes are the report's, so size flags are refused."""
+    from hf_varinit.report.optimal import report_config
+
+    if args.model is not None:
+        raise ConfigError(f"--model {args.model} and --report {args.report} both give the model; use one (--report "
+                          "plans the model the report was measured on)")
+    sizes = [flag for flag in _SIZE_FLAGS if getattr(args, flag, None) is not None]
+    if sizes:
+        raise ConfigError(f"{_flags(sizes)} do(es) not apply with --report: the sizes are the report's; to plan "
+                          f"another size, use --model with size flags and --rule "
+                          f"'optimal:report={args.report},allow-depth-interpolation'")
+    return report_config(args.report)
+
+
 def run(args: argparse.Namespace) -> list[PlanRow]:
-    config = plan_config(args.model, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
-                         n_kv_heads=args.n_kv_heads, vocab_size=args.vocab_size, input_size=args.input_size,
-                         n_labels=args.n_labels)
-    head = "base" if args.model == "mlp" else args.head
+    import torch
+    import transformers
+
+    from hf_varinit.init.patch import PlanRow, from_config, init_plan
+
+    if args.report is not None:
+        config, described = _report_config(args), f"the model of report {args.report}"
+        rule = args.rule or f"optimal:report={args.report}"
+    else:
+        described = f"--model {args.model or 'gpt2'}"
+        config = plan_config(args.model or "gpt2", n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
+                             n_kv_heads=args.n_kv_heads, vocab_size=args.vocab_size, input_size=args.input_size,
+                             n_labels=args.n_labels)
+        rule = args.rule or "hf"
+    head = "base" if config.model_type == MLP_TYPE else args.head
     auto = getattr(transformers, _HEADS[head]) if _HEADS[head] else None  # None: from_config picks the LM head
     try:
         with torch.device("meta"):  # shapes only: no memory, no init work
             model = from_config(config, "hf", model_class=auto)
     except ValueError as exc:
-        raise ConfigError(f"cannot build --model {args.model} with these sizes: {exc}") from None
-    rows = init_plan(model, args.rule)
+        raise ConfigError(f"cannot build {described} with these sizes: {exc}") from None
+    rows = init_plan(model, rule)
     if args.format == "json":
         print(json.dumps([r._asdict() for r in rows], indent=1))
     elif args.format == "csv":

@@ -2,6 +2,7 @@
 
     hf-varinit report runs/k --output model_cards/gpt2-12l-tiny-kaiming [--push-to-hub me/gpt2-variance]
     hf-varinit report --from-model gpt2 --output model_cards/gpt2-weights
+    hf-varinit report runs/k --output model_cards/gpt2-12l-tiny-kaiming --overwrite   # replace an existing report
 
 The analysis flags (``--window-fraction``, ``--drift-tol``, ...) are the fields of `AnalysisOptions`, one flag per
 field, with the field's help text and default.
@@ -13,12 +14,12 @@ import argparse
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 from hf_varinit.errors import ConfigError, ReportError, StatsError
-from hf_varinit.record.from_checkpoint import stats_from_checkpoint
-from hf_varinit.record.stats_file import VarianceStats
-from hf_varinit.report.report import VarianceReport
-from hf_varinit.report.steady_state import AnalysisOptions
+from hf_varinit.report.options import DEFAULT_LICENSE, AnalysisOptions
+
+# torch, transformers and the report machinery are imported in the functions that use them, so `--help` is fast
 
 __all__ = ["add_arguments", "main_report", "run"]
 
@@ -27,8 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", nargs="?", help="a run folder (holding variance.safetensors) or the file itself")
     parser.add_argument("--from-model", metavar="PATH_OR_ID",
                         help="report the final weights of a save_pretrained folder or hub id instead of a run")
-    parser.add_argument("--output", help="report folder (default: <run>/report, or model_cards/<name>-weights)")
+    parser.add_argument("--output", help="report folder (default: <run>/report, or runs/<name>-weights)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the report folder to this hub repo")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing report folder whole (default: refuse, and write nothing)")
+    parser.add_argument("--license", default=None,
+                        help=f"the card's license, a hub license id (default: the run's, else {DEFAULT_LICENSE})")
     group = parser.add_argument_group("steady-state analysis (AnalysisOptions)")
     for f in dataclasses.fields(AnalysisOptions):
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default), default=f.default,
@@ -41,14 +46,14 @@ def _analysis_options(args: argparse.Namespace) -> AnalysisOptions:
 
 def _default_output(args: argparse.Namespace) -> Path:
     if args.from_model:
-        return Path("model_cards") / f"{Path(str(args.from_model).rstrip('/')).name}-weights"
+        return Path("runs") / f"{Path(str(args.from_model).rstrip('/')).name}-weights"
     run = Path(args.run)
     return (run.parent if run.is_file() else run) / "report"
 
 
 def main_report(
-    stats: VarianceStats | str | os.PathLike[str], output: str | os.PathLike[str], push_to_hub: str | None = None,
-    options: AnalysisOptions | None = None,
+    stats: Any, output: str | os.PathLike[str], push_to_hub: str | None = None,
+    options: AnalysisOptions | None = None, *, overwrite: bool = False, license: str | None = None,
 ) -> Path:
     """Analyse ``stats``, write the report folder ``output``, optionally push it; prints what was written.
 
@@ -57,15 +62,22 @@ def main_report(
         output (`str` or `os.PathLike`): the report folder.
         push_to_hub (`str`, *optional*): a hub repo id to upload the folder to (the card then points at it).
         options (`AnalysisOptions`, *optional*): the steady-state tolerances.
+        overwrite (`bool`): replace an existing report folder ``output`` whole.
+        license (`str`, *optional*): the card's license (default: the run's, else apache-2.0).
 
     Raises:
-        ReportError: unreadable statistics, or a failed push (after the folder is written; the message says where).
+        ReportError: unreadable statistics, an existing ``output`` without ``overwrite`` (nothing is written), or a
+            failed push (after the folder is written; the message says where).
     """
+    from hf_varinit.report.publish import check_destination
+    from hf_varinit.report.report import VarianceReport
+
+    check_destination(output, overwrite=overwrite)
     try:
-        report = VarianceReport.from_stats(stats, options)
+        report = VarianceReport.from_stats(stats, options, license=license)
     except StatsError as exc:
         raise ReportError(f"cannot build a report: {exc}") from exc
-    folder = report.save(output, reference=push_to_hub)
+    folder = report.save(output, reference=push_to_hub, overwrite=overwrite)
     print(f"variance report written to {folder}/")
     for f in sorted(folder.iterdir()):
         print(f"  {f.name}")
@@ -81,5 +93,11 @@ def main_report(
 def run(args: argparse.Namespace) -> Path:
     if bool(args.run) == bool(args.from_model):
         raise ConfigError("give either a run folder / statistics file, or --from-model PATH_OR_ID (not both)")
+    from hf_varinit.record.from_checkpoint import stats_from_checkpoint
+    from hf_varinit.report.publish import check_destination
+
+    output = args.output or _default_output(args)
+    check_destination(output, overwrite=args.overwrite)  # before reading a checkpoint
     source = stats_from_checkpoint(args.from_model) if args.from_model else args.run
-    return main_report(source, args.output or _default_output(args), args.push_to_hub, _analysis_options(args))
+    return main_report(source, output, args.push_to_hub, _analysis_options(args), overwrite=args.overwrite,
+                       license=args.license)

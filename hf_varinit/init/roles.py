@@ -329,3 +329,8 @@ def tracked_roles(model: nn.Module) -> list[tuple[TensorRole, nn.Parameter]]:
             keys.add(entry.key)
             out.append((entry, param))
     return out
+
+
+def tracked_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of the tracked weights (a Q/K/V slice by its own shape): what a variance report must match."""
+    return {entry.key: tuple(entry.shape) for entry, _ in tracked_roles(model)}

@@ -18,6 +18,7 @@ import torch
 
 from hf_varinit.errors import RuleError
 from hf_varinit.init.roles import EMBEDDING_ROLES, RESIDUAL_ROLES, TensorRole
+from hf_varinit.init.specs import check_type, coerce, parse_spec
 
 DISTRIBUTIONS = ("normal", "uniform", "trunc_normal")
 
@@ -281,56 +282,18 @@ def list_rules() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """Split ``"name:key=value,flag"`` into the name and its parameters (bare flags become True)."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise RuleError(f"rule spec {spec!r} is empty; valid rules: {', '.join(list_rules())}")
-    name, _, rest = spec.strip().partition(":")
-    params: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not key:
-            raise RuleError(f"rule spec {spec!r}: empty key in {item!r}; write key=value pairs separated by ','")
-        if key in params:
-            raise RuleError(f"rule spec {spec!r}: key {key!r} given twice")
-        params[key] = value.strip() if eq else True
-    return name.strip(), params
-
-
-def _coerce(rule_name: str, f: dataclasses.Field, value: Any) -> Any:
-    """Convert a spec string to the field's type (float, int, bool, str)."""
-    if not isinstance(value, str):
-        return value
-    kind = str(f.type)
-    try:
-        if "bool" in kind:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if "float" in kind:
-            return float(value)
-        if "int" in kind:
-            return int(value)
-    except ValueError:
-        raise RuleError(f"rule {rule_name!r}: {f.name}={value!r} is not a valid {kind}") from None
-    return value
-
-
 def build_rule(name: str, params: Mapping[str, Any]) -> InitRule:
-    """Instantiate a registered rule, checking every key against its fields."""
+    """Instantiate a registered rule, checking every key against its fields and every value against their types."""
     if name not in _REGISTRY:
         raise RuleError(f"unknown init rule {name!r}; valid rules: {', '.join(list_rules())}")
     factory = _REGISTRY[name]
     if dataclasses.is_dataclass(factory):
         fields = {f.name: f for f in dataclasses.fields(factory) if f.init}
-        unknown = sorted(set(params) - set(fields))
+        unknown = sorted((k for k in params if k not in fields), key=repr)
         if unknown:
             valid = ", ".join(fields) or "(none)"
             raise RuleError(f"rule {name!r} has no key {', '.join(map(repr, unknown))}; valid keys: {valid}")
-        params = {k: _coerce(name, fields[k], v) for k, v in params.items()}
+        params = {k: check_type(name, fields[k], coerce(name, fields[k], v)) for k, v in params.items()}
     try:
         return factory(**params)
     except TypeError as exc:
@@ -356,6 +319,8 @@ def get_rule(spec: str | Mapping[str, Any] | InitRule) -> InitRule:
         if not isinstance(name, str):
             raise RuleError(f"rule dict {dict(spec)!r} needs a 'name' key; valid rules: {', '.join(list_rules())}")
         return build_rule(name, params)
+    if not isinstance(spec, str) or not spec.strip():
+        raise RuleError(f"rule spec {spec!r} is empty; valid rules: {', '.join(list_rules())}")
     name, params = parse_spec(spec)
     return build_rule(name, params)
 

@@ -1,13 +1,15 @@
 """Variance statistics of a trained checkpoint, read tensor by tensor without building the model.
 
-A fully trained model *is* a steady state: its weights give V(W) per layer and per Q/K/V slice with no
-training. The checkpoint's ``config.json`` gives the roles (a model built on the meta device: no
-memory), and each tracked tensor is read alone with ``safe_open``, so peak memory is bounded by the
-largest tensor, not by the checkpoint. Pickle-based weights (``.bin``, ``.pt``) are refused, never loaded.
+One set of weights gives the second moment E[W^2] per layer and per Q/K/V slice, with no training (one
+snapshot, not a training record: whether the weights had settled cannot be judged from it). The checkpoint's
+``config.json`` gives the roles (a model built on the meta device: no memory), and each tracked tensor is read
+alone with ``safe_open``, so peak memory is bounded by the largest tensor, not by the checkpoint. Pickle-based
+weights (``.bin``, ``.pt``) are refused, never loaded.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import snapshot_download
 from safetensors import safe_open
 from transformers import AutoConfig
 
@@ -29,6 +32,11 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
+def is_local_checkpoint(source: str | os.PathLike) -> bool:
+    """Whether ``source`` names a local path (otherwise it is read as a hub model id)."""
+    return Path(source).exists()
+
+
 def resolve_checkpoint(source: str | os.PathLike) -> Path:
     """A local ``save_pretrained`` folder, or a hub id downloaded (config and safetensors only)."""
     path = Path(source)
@@ -37,8 +45,6 @@ def resolve_checkpoint(source: str | os.PathLike) -> Path:
     if path.exists():
         raise ReportError(f"{source}: expected a save_pretrained folder (config.json + *.safetensors), got a file")
     try:
-        from huggingface_hub import snapshot_download
-
         return Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors"]))
     except Exception as exc:  # offline, unknown repo, auth: one clear message
         raise ReportError(
@@ -99,6 +105,10 @@ def _match(name: str, files: dict[str, Path], prefix: str) -> str | None:
 def stats_from_checkpoint(source: str | os.PathLike) -> VarianceStats:
     """Mean, variance and second moment of every tracked tensor / slice of a checkpoint (one record).
 
+    The init rule is the checkpoint's own ``config.varinit_rule`` (written by `from_config`), or None when the
+    config does not record one. The metadata says ``source: "checkpoint"`` and names the checkpoint
+    (``checkpoint``), and ``hub_id`` when it was downloaded from the hub.
+
     Args:
         source: a ``save_pretrained`` folder (single or sharded safetensors) or a hub id.
     """
@@ -108,11 +118,11 @@ def stats_from_checkpoint(source: str | os.PathLike) -> VarianceStats:
     except (OSError, ValueError) as exc:
         raise ReportError(f"{source}: cannot read config.json ({exc})") from None
     files = weight_map(folder)
+    rule = getattr(config, "varinit_rule", None)  # read before from_config records its own rule in a config
     with torch.device("meta"):  # roles and shapes only
-        model = from_config(config, "hf")
+        model = from_config(copy.deepcopy(config), "hf")
     prefix = getattr(model, "base_model_prefix", "")
     reader = _TensorReader(files)
-    rule = getattr(config, "varinit_rule", None)
     init_std = {}
     if rule:
         try:
@@ -141,5 +151,7 @@ def stats_from_checkpoint(source: str | os.PathLike) -> VarianceStats:
         "config": json.loads(config.to_json_string(use_diff=False)), "n_layer": num_layers(config),
         "rule": rule, "source": "checkpoint", "checkpoint": str(source), "absent_tensors": absent,
     }
+    if not is_local_checkpoint(source):
+        metadata["hub_id"] = str(source)
     return VarianceStats(step=np.zeros(1, dtype=np.int64), mean=mean, var=var, second_moment=second_moment(var, mean),
                          tracked=tracked, metadata=metadata, path=None)

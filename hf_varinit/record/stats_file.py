@@ -40,6 +40,7 @@ from safetensors.numpy import save_file
 from hf_varinit.arch import num_layers
 from hf_varinit.errors import StatsError
 from hf_varinit.io_utils import atomic_path
+from hf_varinit.record import STAT_NAMES
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "STATS_FILENAME", "VarianceStats", "concat", "library_versions", "load_stats",
            "save_stats"]
@@ -47,7 +48,6 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "STATS_FILENAME", "VarianceStats", "conca
 FORMAT = "hf_varinit.variance"
 FORMAT_VERSION = "1"
 STATS_FILENAME = "variance.safetensors"
-STAT_NAMES = ("mean", "var", "second_moment")
 _RESERVED = ("format", "format_version", "tracked")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit; anything bigger is not our file
 

@@ -6,7 +6,6 @@ The card is a `huggingface_hub.ModelCard` built with ``ModelCard.from_template``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,13 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from hf_varinit.record.stats_file import VarianceStats
-from hf_varinit.report.dynamics import depth_dynamics
-from hf_varinit.report.plots import PLOT_FILES, display_roles, role_keys
-from hf_varinit.report.steady_state import AnalysisOptions, KeyAnalysis, layer_equilibration
+from hf_varinit.report.dynamics import ALPHA, MIN_RECORDS, NOISE_K, QKV, depth_dynamics
+from hf_varinit.report.options import DEFAULT_LICENSE
+from hf_varinit.report.plots import display_roles, plot_files, role_keys
+from hf_varinit.report.steady_state import AnalysisOptions, KeyAnalysis, is_snapshot, layer_equilibration
 from hf_varinit.report.tables import format_cell, markdown_table
 
-__all__ = ["CARD_TEMPLATE", "build_card", "card_data", "layer_table"]
+__all__ = ["CARD_TEMPLATE", "DEFAULT_LICENSE", "build_card", "card_data", "layer_table"]
 
 CARD_TEMPLATE = Path(__file__).with_name("card_template.md")
 _ROLE_TITLES = {"q": "Q", "k": "K", "v": "V"}
@@ -30,72 +30,99 @@ def _fmt(x: Any) -> str:
     return "**no**" if x is False else format_cell(x)
 
 
-def layer_table(tensors: dict[str, KeyAnalysis]) -> str:
-    """Markdown table: layer, V(W) per displayed role, stationary?, equilibration step."""
+def layer_table(tensors: dict[str, KeyAnalysis], *, snapshot: bool = False) -> str:
+    """Markdown table: layer, V(W) per displayed role, stationary?, equilibration step (of the displayed roles).
+
+    The equilibration step of a row is the latest over the row's own tensors (Q, K and V for a transformer), not
+    over every tensor of the layer; the header says which. A snapshot (``snapshot=True``) has neither column.
+    """
     roles = display_roles(tensors)
     by_layer: dict[int, dict[str, KeyAnalysis]] = {}
     for role in roles:
         for depth, key in role_keys(tensors, role):
             by_layer.setdefault(depth, {})[role] = tensors[key]
-    eq = layer_equilibration(tensors)
     rows = []
     for depth in sorted(by_layer):
         cells = by_layer[depth]
-        step = eq.get(depth) if depth in eq else max(
-            (a.equilibration_step for a in cells.values() if a.equilibration_step is not None), default=None)
+        steps = [a.equilibration_step for a in cells.values()]
+        step = None if any(s is None for s in steps) else max(steps)  # type: ignore[type-var]
         rows.append({"layer": depth, **{r: cells[r].v_w if r in cells else None for r in roles},
                      "stationary": all(a.stationary for a in cells.values()), "step": step})
-    headers = ["layer", *(f"V(W) {_ROLE_TITLES.get(r, r)}" for r in roles), "stationary?", "equilibration step"]
-    return markdown_table(rows, ["layer", *roles, "stationary", "step"], headers, cell=_fmt)
+    titles = [_ROLE_TITLES.get(r, r) for r in roles]
+    headers = ["layer", *(f"V(W) {t}" for t in titles)]
+    columns = ["layer", *roles]
+    if not snapshot:
+        headers += ["stationary?", f"equilibration step ({'/'.join(titles)})"]
+        columns += ["stationary", "step"]
+    return markdown_table(rows, columns, headers, cell=_fmt)
 
 
-def _other_table(tensors: dict[str, KeyAnalysis]) -> str:
+def _other_table(tensors: dict[str, KeyAnalysis], snapshot: bool = False) -> str:
     shown = {k for r in display_roles(tensors) for _, k in role_keys(tensors, r)}
     rows = [{"key": f"`{a.key}`", "role": a.role, "v_w": a.v_w, "stationary": a.stationary,
              "step": a.equilibration_step, "ratio": a.ratio} for k, a in tensors.items() if k not in shown]
     if not rows:
         return ""
+    if snapshot:
+        return markdown_table(rows, ["key", "role", "v_w"], ["key", "role", "V(W) = E[W²]"], cell=_fmt)
     headers = ["key", "role", "V(W)", "stationary?", "equilibration step", "V(W) / init var"]
     return markdown_table(rows, ["key", "role", "v_w", "stationary", "step", "ratio"], headers, cell=_fmt)
 
 
 def card_data(
-    *, model_type: str, n_layer: int | None, rule: str | None, config: dict, datasets: Sequence[str],
-    source: str | None,
+    *, model_type: str, n_layer: int | None, rule: str | None, datasets: Sequence[str], source: str | None,
+    license: str | None = None, base_model: str | None = None,
 ) -> ModelCardData:
-    """The card's YAML metadata.
+    """The card's YAML metadata, in the fields the hub understands (the full model config goes to ``config.json``).
 
     Args:
-        model_type (`str`), n_layer (`int` or `None`), rule (`str` or `None`): the measured run.
-        config (`dict`): the model config (written as plain YAML types).
-        datasets (`Sequence[str]`): the training datasets. source (`str` or `None`): ``training`` or ``checkpoint``.
+        model_type (`str`), n_layer (`int` or `None`), rule (`str` or `None`): the measured model and its init rule.
+        datasets (`Sequence[str]`): hub dataset ids only (local corpora are described in the card's text).
+        source (`str` or `None`): ``training`` or ``checkpoint``.
+        license (`str`, *optional*): a hub license id (default ``apache-2.0``).
+        base_model (`str`, *optional*): the hub model id of the weights a snapshot report was made from.
     """
     tags = ["hf-varinit", "weight-initialization", "variance-report", model_type]
     return ModelCardData(
-        library_name="hf_varinit", tags=list(dict.fromkeys(tags)), datasets=list(datasets) or None,
-        model_type=model_type, n_layer=n_layer, init_rule=rule, source=source,
-        hf_varinit_config=json.loads(json.dumps(config, default=str)),  # plain YAML types only
+        license=license or DEFAULT_LICENSE, library_name="hf_varinit", tags=list(dict.fromkeys(tags)),
+        datasets=list(datasets) or None, base_model=base_model, model_type=model_type, n_layer=n_layer,
+        init_rule=rule, source=source,
     )
 
 
 def _run_table(model_type: str, n_layer: int | None, rule: str | None, metadata: dict, datasets: Sequence[str],
                stats: VarianceStats | None) -> str:
     m = metadata
-    steps = (f"{len(stats)} records, steps {int(stats.step[0])}–{int(stats.step[-1])}"
-             if stats is not None and len(stats) else None)
+    snapshot = is_snapshot(m)
+    data = m.get("dataset") if isinstance(m.get("dataset"), str) else None
+    data = ", ".join(dict.fromkeys([*([data] if data else []), *(f"hub: {d}" for d in datasets)])) or None
     versions = m.get("versions")
     if isinstance(versions, dict):
         versions = ", ".join(f"{k} {v}" for k, v in versions.items())
-    rows = [("model type", model_type), ("layers", n_layer), ("init rule", rule),
-            ("optimizer", m.get("optimizer")), ("learning rate", m.get("lr")),
-            ("batch size", m.get("batch_size")), ("mixed precision", m.get("mixed_precision")),
-            ("steps", steps), ("seed", m.get("seed")), ("dataset", ", ".join(datasets) or None),
-            ("measured from", m.get("source")), ("versions", versions)]
+    if snapshot:
+        rows = [("model type", model_type), ("layers", n_layer), ("init rule", rule or "unknown"),
+                ("weights", m.get("checkpoint")),
+                ("what", "one set of weights (such as a model's final weights), not a training record")]
+    else:
+        steps = (f"{len(stats)} records, steps {int(stats.step[0])}–{int(stats.step[-1])}"
+                 if stats is not None and len(stats) else None)
+        rows = [("model type", model_type), ("layers", n_layer), ("init rule", rule),
+                ("optimizer", m.get("optimizer")), ("learning rate", m.get("lr")),
+                ("batch size", m.get("batch_size")), ("mixed precision", m.get("mixed_precision")),
+                ("steps", steps), ("seed", m.get("seed")), ("dataset", data),
+                ("measured from", m.get("source")), ("versions", versions)]
     return markdown_table([{"name": k, "value": v} for k, v in rows], ["name", "value"], ["", ""], cell=_fmt)
 
 
 def _caveats(options: AnalysisOptions, metadata: dict, tensors: dict[str, KeyAnalysis]) -> list[str]:
     o, m = options, metadata
+    if is_snapshot(m):
+        return [
+            "V(W) is the second moment E[W²] of these weights alone. How they were trained (optimizer, learning "
+            "rate, steps) is not recorded here, and V(W) depends on it.",
+            "One set of weights says nothing about how the variances moved during training; a report from a "
+            "training record (`hf-varinit report <run folder>`) shows that.",
+        ]
     items = [
         f"V(W) depends on the optimizer and learning rate it was measured under (here: "
         f"{_fmt(m.get('optimizer'))}, lr {_fmt(m.get('lr'))}). The s0² = V(W) condition is derived for SGD; "
@@ -105,30 +132,38 @@ def _caveats(options: AnalysisOptions, metadata: dict, tensors: dict[str, KeyAna
         f"less than {o.drift_tol:g} (relative) across that window. Equilibration uses a ±{o.band:g} band "
         "on the variance.",
     ]
-    bad = [k for k, a in tensors.items() if not a.stationary]
+    bad = [k for k, a in tensors.items() if a.stationary is False]
     if bad:
         items.append("**Not stationary** (V(W) is the last recorded value, not a steady state): "
                      + ", ".join(f"`{k}` ({_fmt(tensors[k].reason)})" for k in bad) + ".")
     else:
         items.append("Every tracked tensor reached a steady state within the tolerances.")
-    if m.get("source") == "checkpoint":
-        items.append("Measured from the final weights of a checkpoint, not from a training trajectory: the "
-                     "'steady state' is a single snapshot and equilibration cannot be judged.")
     return items
 
 
 def _dynamics_table(tensors: dict[str, KeyAnalysis], metadata: dict, stats: VarianceStats | None) -> str:
-    if stats is None or metadata.get("source") == "checkpoint":
+    if stats is None or is_snapshot(metadata):
         return ""
-    dynamics = depth_dynamics(stats, equilibration=layer_equilibration(tensors))
+    dynamics = depth_dynamics(stats, equilibration=layer_equilibration(tensors, roles=QKV))
     return "" if dynamics is None else dynamics.to_markdown()
+
+
+def _intro(metadata: dict) -> str:
+    if is_snapshot(metadata):
+        return (f"An `hf_varinit` variance report with the statistics of one set of weights: "
+                f"{metadata.get('checkpoint')}, not a training record. V(W) below is the second moment E[W²] of each "
+                "tracked weight tensor (Q, K and V separately) in these weights. Initialising a new model with "
+                "s0² = V(W) per tensor follows the optimal-variance condition of Horii & Has (arXiv 2508.12834).")
+    return ("An `hf_varinit` variance report: the steady-state second moment V(W) = E[W²] of each tracked weight "
+            "tensor (Q, K and V separately), measured during pretraining. Initialising a new model with s0² = V(W) "
+            "per tensor is the optimal-variance condition of Horii & Has (arXiv 2508.12834).")
 
 
 def build_card(
     tensors: dict[str, KeyAnalysis], *, reference: str, options: AnalysisOptions, model_type: str,
-    n_layer: int | None = None, rule: str | None = None, config: dict | None = None, metadata: dict | None = None,
+    n_layer: int | None = None, rule: str | None = None, metadata: dict | None = None,
     datasets: Sequence[str] = (), stats: VarianceStats | None = None, title: str | None = None,
-    extra_sections: Sequence[str] = (),
+    extra_sections: Sequence[str] = (), license: str | None = None, base_model: str | None = None,
 ) -> ModelCard:
     """Render the model card of a variance report.
 
@@ -136,28 +171,33 @@ def build_card(
         tensors (`dict[str, KeyAnalysis]`): the steady-state analysis per tracked key.
         reference (`str`): what the usage snippet passes as ``report=`` (a folder or a hub repo id).
         options (`AnalysisOptions`): the tolerances the analysis used (quoted in the caveats).
-        model_type (`str`), n_layer (`int`, *optional*), rule (`str`, *optional*), config (`dict`, *optional*):
-            the measured model and its init rule.
-        metadata (`dict`, *optional*): the run's metadata (optimizer, lr, seed, source, versions, ...).
-        datasets (`Sequence[str]`): the training datasets.
+        model_type (`str`), n_layer (`int`, *optional*), rule (`str`, *optional*): the measured model and its
+            init rule.
+        metadata (`dict`, *optional*): the run's metadata (optimizer, lr, seed, source, dataset, versions, ...).
+            ``source == "checkpoint"`` makes a card of one set of weights: no stationarity, equilibration or
+            trajectory.
+        datasets (`Sequence[str]`): hub ids of the training datasets (the card's ``datasets``).
         stats (`VarianceStats`, *optional*): the record; adds the step range, the variance curves and the
             depth dynamics.
         title (`str`, *optional*): the card's heading (default: "Variance report: <model_type>, <n> layers").
         extra_sections (`Sequence[str]`): markdown sections appended after the caveats (e.g. a calibration).
+        license (`str`, *optional*): the card's license (default ``apache-2.0``).
+        base_model (`str`, *optional*): the hub model id a snapshot report was made from.
 
     Returns:
         `huggingface_hub.ModelCard`.
     """
     metadata = metadata or {}
+    snapshot = is_snapshot(metadata)
     title = title or f"Variance report: {model_type}" + (f", {n_layer} layers" if n_layer is not None else "")
-    data = card_data(model_type=model_type, n_layer=n_layer, rule=rule, config=config or {}, datasets=datasets,
-                     source=metadata.get("source"))
+    data = card_data(model_type=model_type, n_layer=n_layer, rule=rule, datasets=datasets,
+                     source=metadata.get("source"), license=license, base_model=base_model)
     return ModelCard.from_template(
-        data, template_path=str(CARD_TEMPLATE), title=title, reference=reference,
-        spec=f"optimal:report={reference}",
+        data, template_path=str(CARD_TEMPLATE), title=title, reference=reference, intro=_intro(metadata),
+        spec=f"optimal:report={reference}", snapshot=snapshot,
         run_table=_run_table(model_type, n_layer, rule, metadata, datasets, stats),
-        layer_table=layer_table(tensors), other_table=_other_table(tensors),
-        plots=[name for name in PLOT_FILES if name != PLOT_FILES[0] or stats is not None],
-        dynamics_table=_dynamics_table(tensors, metadata, stats),
+        layer_table=layer_table(tensors, snapshot=snapshot), other_table=_other_table(tensors, snapshot),
+        plots=plot_files(stats, snapshot), dynamics_table=_dynamics_table(tensors, metadata, stats),
+        min_records=MIN_RECORDS, noise_k=NOISE_K, alpha=ALPHA,
         caveats=_caveats(options, metadata, tensors), extra_sections=[s.strip("\n") for s in extra_sections],
     )

@@ -5,25 +5,47 @@ For each layer and each of Q, K, V (from the ``var`` statistic):
 * **early change**: |var(t_early) / var(0) - 1|, the relative change from init over the first
   ``early_fraction`` of training (t_early is the first record at or after that step);
 * **half-change step**: the first recorded step at which var has covered half of its total move
-  |var(T) - var(0)|.
+  |var(T) - var(0)|; None for a tensor whose total move is within the noise (below);
+* **moved**: whether the total move stands out of the record-to-record noise,
+  |var(T) - var(0)| >= ``NOISE_K`` * std(var(t_i+1) - var(t_i)). With independent noise of std s on each
+  record, var(T) - var(0) of a tensor that does not move has std sqrt(2) s, as do the successive
+  differences, so ``NOISE_K = 3`` lets pure noise pass as a move about 0.3 % of the time.
 
-The depth trend is the Spearman rank correlation between layer index and each metric (Q, K and V
-pooled per layer by their mean). A negative correlation of early change with depth, together with a
-positive one of the half-change step, means shallow layers expand quickly and deep ones change slowly.
+The depth trend of a metric is the Spearman rank correlation between layer index and the metric (Q, K and V
+pooled per layer by their mean), with its two-sided p-value (exact up to 8 layers, else `scipy.stats.spearmanr`'s
+approximation; see `spearman_test`). No trend is called
+(`DepthDynamics.refused` says why) when:
+
+* there are fewer than ``MIN_RECORDS`` records;
+* most Q/K/V tensors did not move (their total change is within the record-to-record noise);
+* or, trend by trend, the Spearman test is not significant (p >= ``ALPHA``) or fewer than 3 layers have the metric.
+
+The study's claim is that shallow layers expand quickly and deep layers change slowly: a significant negative
+correlation of early change with depth, and a significant positive one of the half-change (or equilibration)
+step.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import itertools
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from hf_varinit.arch import layer_key
 from hf_varinit.record.stats_file import VarianceStats
 from hf_varinit.report.tables import markdown_table
 
+__all__ = ["ALPHA", "MIN_RECORDS", "NOISE_K", "DepthDynamics", "LayerDynamics", "depth_dynamics", "moved",
+           "spearman", "spearman_test"]
+
 QKV = ("q", "k", "v")
+MIN_RECORDS = 10  # fewer records: no depth trend is called
+NOISE_K = 3.0  # a tensor moved when |var(T) - var(0)| >= NOISE_K * std of successive differences
+ALPHA = 0.05  # a depth trend is called only at Spearman p < ALPHA
+EXACT_UP_TO = 8  # exact Spearman p-values up to this many layers (8! orderings), scipy's approximation above
+CLAIM = "shallow layers expand quickly and deep layers change slowly"
 
 
 @dataclass
@@ -32,77 +54,155 @@ class LayerDynamics:
     early_change: dict[str, float]
     half_change_step: dict[str, int | None]
     total_change: dict[str, float]
+    moved: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
 class DepthDynamics:
-    """Per-layer metrics and the depth trends (Spearman rho over layers)."""
+    """Per-layer metrics and the depth trends (Spearman rho and p-value over layers).
 
-    early_step: int
+    ``refused`` is set when no trend may be called at all (too few records, or changes within the noise).
+    """
+
+    early_step: int | None
     layers: list[LayerDynamics]
     rho_early_change: float | None
     rho_half_change_step: float | None
     rho_equilibration_step: float | None = None  # from the steady-state analysis, when given
+    p_early_change: float | None = None
+    p_half_change_step: float | None = None
+    p_equilibration_step: float | None = None
+    records: int = 0
+    refused: str | None = None
+
+    def _sign(self, name: str) -> int:
+        """+1 / -1 for a significant positive / negative depth trend of ``name``, 0 when none is called."""
+        rho, p = getattr(self, f"rho_{name}"), getattr(self, f"p_{name}")
+        if self.refused or rho is None or p is None or not p < ALPHA:
+            return 0
+        return 1 if rho > 0 else -1
 
     @property
     def verdict(self) -> str:
-        early, half, eq = self.rho_early_change, self.rho_half_change_step, self.rho_equilibration_step
-        if early is None or half is None:
-            return "not enough layers or records to judge the depth trend"
-        expand_first = early < -0.5  # shallow layers move more early on
-        settle_later = half > 0.5 or (eq is not None and eq > 0.5)  # deep layers take longer
-        if expand_first and settle_later:
-            return "shallow layers change faster and deep layers settle later (agrees with the study)"
-        if settle_later:
-            return "deep layers settle later, but shallow layers do not expand faster early on (partly agrees)"
-        if expand_first:
-            return "shallow layers expand faster early on, but deep layers do not settle later (partly agrees)"
-        if early > 0.5 and half < -0.5:
-            return "deep layers change faster than shallow ones (disagrees with the study)"
-        return "no clear depth ordering (|rho| <= 0.5)"
+        """What the record says about the study's claim; never more than the tests above allow."""
+        if self.refused:
+            return f"no depth trend is called: {self.refused}"
+        early = self._sign("early_change")
+        settle_signs = {self._sign("half_change_step"), self._sign("equilibration_step")} - {0}
+        settle = settle_signs.pop() if len(settle_signs) == 1 else 0
+        if early == 0 and settle == 0:
+            return f"no significant depth ordering (every Spearman p >= {ALPHA:g}, or too few layers)"
+        expand = {-1: "shallow layers expand faster early on", 1: "deep layers change more early on",
+                  0: "no significant depth ordering of the early change"}[early]
+        later = {1: "deep layers settle later", -1: "deep layers settle earlier",
+                 0: "no significant depth ordering of the settling"}[settle]
+        if early == -1 and settle == 1:
+            return f"{expand} and {later}: agrees with the study's claim that {CLAIM}"
+        if early == 1 and settle == -1:
+            return (f"deep layers change faster than shallow ones ({expand[len('deep layers '):]}, and they settle "
+                    f"earlier): disagrees with the study's claim that {CLAIM}")
+        halves = (("shallow layers expand quickly", early), ("deep layers change slowly", settle))
+        supports = [f'"{h}"' for h, sign in halves if sign == (-1 if h.startswith("shallow") else 1)]
+        against = [f'"{h}"' for h, sign in halves if sign == (1 if h.startswith("shallow") else -1)]
+        silent = [f'"{h}"' for h, sign in halves if sign == 0]
+        parts = ([f"supports {supports[0]}"] if supports else []) + \
+                ([f"contradicts {against[0]}"] if against else []) + \
+                ([f"is not significant on {silent[0]}"] if silent else [])
+        kind = "partly agrees with" if supports else "disagrees with"
+        return f"{expand}; {later}: {kind} the study's claim that {CLAIM} (the record {', '.join(parts)})"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "verdict": self.verdict}
 
     def to_markdown(self) -> str:
-        """The per-layer table, then the Spearman correlations and the verdict."""
+        """The per-layer table, then the Spearman correlations with their p-values, and the verdict."""
+        if not self.layers:
+            return f"**{self.verdict}.**"
         headers = ["layer", *(f"{name} {r.upper()}" for name in ("early change", "half-change step", "var(T)/var(0)")
                               for r in QKV)]
         rows = [[d.layer, *(f"{d.early_change.get(r, float('nan')):.3g}" for r in QKV),
                  *(d.half_change_step.get(r) for r in QKV),
                  *(f"{d.total_change.get(r, float('nan')):.3g}" for r in QKV)] for d in self.layers]
         table = markdown_table([dict(enumerate(row)) for row in rows], list(range(len(headers))), headers)
-        fmt = lambda x: "—" if x is None else f"{x:+.2f}"  # noqa: E731
-        return (f"{table}\n\nSpearman rho(depth, early change by step {self.early_step}) = "
-                f"{fmt(self.rho_early_change)}; rho(depth, half-change step) = {fmt(self.rho_half_change_step)}; "
-                f"rho(depth, equilibration step) = {fmt(self.rho_equilibration_step)}. **{self.verdict}.**")
+
+        def trend(name: str, what: str) -> str:
+            rho, p = getattr(self, f"rho_{name}"), getattr(self, f"p_{name}")
+            if rho is None:
+                return f"rho(depth, {what}) = — (fewer than 3 layers with a value, or a constant side)"
+            called = "" if p is not None and p < ALPHA else ", not significant"
+            return f"rho(depth, {what}) = {rho:+.2f} (p = {p:.2g}{called})"
+
+        early = f"early change by step {self.early_step}"
+        lines = [trend("early_change", early), trend("half_change_step", "half-change step")]
+        if self.rho_equilibration_step is not None or self.p_equilibration_step is not None:
+            lines.append(trend("equilibration_step", "Q/K/V equilibration step"))
+        within = sum(not m for d in self.layers for m in d.moved.values())
+        noise = (f" {within} Q/K/V tensor(s) moved within the record-to-record noise (no half-change step)."
+                 if within else "")
+        return f"{table}\n\nSpearman {'; '.join(lines)}.{noise} **{self.verdict}.**"
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Spearman rank correlation (`scipy.stats.spearmanr`, average ranks for ties) over the pairs where both are
-    finite; None with fewer than 3 pairs or a constant side."""
+def spearman_test(x: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
+    """Spearman rank correlation and its two-sided p-value over the pairs where both are finite; None with fewer
+    than 3 pairs or a constant side.
+
+    rho is `scipy.stats.spearmanr`'s (average ranks for ties). Its p-value (a t approximation) is used from
+    ``EXACT_UP_TO + 1`` pairs on; below, where the approximation breaks down (it gives p = 0 for any perfect
+    ordering, even of 3 layers), the p-value is exact: the share of all orderings of ``y`` whose |rho| is at least
+    the observed one.
+    """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
     if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
-    return float(spearmanr(x, y).statistic)
+    result = spearmanr(x, y)
+    rho = float(result.statistic)
+    if x.size > EXACT_UP_TO:
+        return rho, float(result.pvalue)
+    rx, ry = rankdata(x) - (x.size + 1) / 2, rankdata(y) - (x.size + 1) / 2
+    orderings = ry[np.array(list(itertools.permutations(range(x.size))))]  # (n!, n)
+    rhos = orderings @ rx / np.sqrt((rx @ rx) * (ry @ ry))
+    return rho, float(np.mean(np.abs(rhos) >= abs(rho) - 1e-12))
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman rank correlation (see `spearman_test`); None with fewer than 3 pairs or a constant side."""
+    test = spearman_test(x, y)
+    return None if test is None else test[0]
+
+
+def moved(series: np.ndarray, k: float = NOISE_K) -> bool:
+    """Whether ``|series[-1] - series[0]| >= k * std(successive differences)`` (False for fewer than 3 values)."""
+    series = np.asarray(series, dtype=np.float64)
+    if series.size < 3:
+        return False
+    change = abs(series[-1] - series[0])
+    return bool(change > 0 and change >= k * np.std(np.diff(series)))
 
 
 def depth_dynamics(stats: VarianceStats, early_fraction: float = 0.1,
                    equilibration: dict[int, int | None] | None = None) -> DepthDynamics | None:
-    """Per-layer Q/K/V dynamics and depth trends of a training record; None without Q/K/V or records.
+    """Per-layer Q/K/V dynamics and depth trends of a training record; None without Q/K/V tensors.
 
-    ``equilibration`` (layer -> equilibration step, from `steady_state.layer_equilibration`) adds its depth trend.
+    Args:
+        stats (`VarianceStats`): the record.
+        early_fraction (`float`): the share of training that defines the early change.
+        equilibration (`dict[int, int | None]`, *optional*): layer -> its Q/K/V equilibration step (from
+            `steady_state.layer_equilibration(tensors, roles=("q", "k", "v"))`); adds its depth trend.
     """
     steps = np.asarray(stats.step)
-    if len(steps) < 3:
+    qkv_layers = [layer for layer in stats.layers() if any(layer_key(layer, r) in stats.keys for r in QKV)]
+    if not qkv_layers:
         return None
+    if len(steps) < MIN_RECORDS:
+        return DepthDynamics(None, [], None, None, records=len(steps),
+                             refused=f"only {len(steps)} records; a depth trend needs at least {MIN_RECORDS}")
     target = steps[0] + early_fraction * (steps[-1] - steps[0])
     early_index = int(np.searchsorted(steps, target))
     layers = []
-    for layer in stats.layers():
-        early, half, total = {}, {}, {}
+    for layer in qkv_layers:
+        early, half, total, move = {}, {}, {}, {}
         for role in QKV:
             key = layer_key(layer, role)
             if key not in stats.keys:
@@ -111,19 +211,26 @@ def depth_dynamics(stats: VarianceStats, early_fraction: float = 0.1,
             v0, vt = var[0], var[-1]
             early[role] = float(abs(var[early_index] / v0 - 1)) if v0 > 0 else float("nan")
             total[role] = float(vt / v0) if v0 > 0 else float("nan")
-            moved = np.abs(var - v0) >= 0.5 * abs(vt - v0)
-            half[role] = int(steps[np.argmax(moved)]) if abs(vt - v0) > 0 and moved.any() else None
-        if early:
-            layers.append(LayerDynamics(layer, early, half, total))
-    if not layers:
-        return None
+            move[role] = moved(var)
+            reached = np.abs(var - v0) >= 0.5 * abs(vt - v0)
+            half[role] = int(steps[np.argmax(reached)]) if move[role] and reached.any() else None
+        layers.append(LayerDynamics(layer, early, half, total, move))
+    n_still = sum(not m for d in layers for m in d.moved.values())
+    n_all = sum(len(d.moved) for d in layers)
+    refused = None
+    if 2 * n_still > n_all:
+        refused = (f"the total change of {n_still} of {n_all} Q/K/V tensors is within the record-to-record noise "
+                   f"(|var(T) - var(0)| < {NOISE_K:g} x the std of successive differences)")
     depth = np.array([d.layer for d in layers], dtype=float)
     early_mean = np.array([np.nanmean(list(d.early_change.values())) for d in layers])
     half_mean = np.array([np.mean([s for s in d.half_change_step.values() if s is not None])
                           if any(s is not None for s in d.half_change_step.values()) else np.nan for d in layers])
-    rho_eq = None
+    eq_test = None
     if equilibration:
         eq = np.array([np.nan if equilibration.get(d.layer) is None else equilibration[d.layer] for d in layers])
-        rho_eq = spearman(depth, eq)
-    return DepthDynamics(int(steps[early_index]), layers, spearman(depth, early_mean), spearman(depth, half_mean),
-                         rho_eq)
+        eq_test = spearman_test(depth, eq)
+    early_test, half_test = spearman_test(depth, early_mean), spearman_test(depth, half_mean)
+    rho = lambda t: None if t is None else t[0]  # noqa: E731
+    p = lambda t: None if t is None else t[1]  # noqa: E731
+    return DepthDynamics(int(steps[early_index]), layers, rho(early_test), rho(half_test), rho(eq_test),
+                         p(early_test), p(half_test), p(eq_test), records=len(steps), refused=refused)

@@ -2,22 +2,39 @@
 
 V(W) comes from a variance report (``optimal:report=<folder | file | hub id>``) or from a table
 passed in Python (``{"name": "optimal", "variances": {"layers.0.q": 4e-3, ...}}``). Tensors the table
-lacks use the ``fallback`` rule. A report from another architecture is refused; a report of another
-depth is mapped by relative depth only with ``allow-depth-interpolation``.
+lacks use the ``fallback`` rule. A report is checked against the model by the shapes of the tracked tensors (the
+report's own model is rebuilt on the meta device from its stored config): another architecture, width or tensor
+shape is refused, naming the first mismatching tensor; a report of another depth is mapped by relative depth only
+with ``allow-depth-interpolation``. `from_report` builds the report's own architecture and initialises it.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from hf_varinit.arch import hidden_size, layer_key, num_layers, parse_layer_key, shape_differences
-from hf_varinit.errors import ReportError, RuleError
-from hf_varinit.init.roles import TensorRole
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+
+from hf_varinit.arch import (
+    config_differences,
+    config_from_dict,
+    hidden_size,
+    layer_key,
+    num_layers,
+    parse_layer_key,
+    shape_differences,
+)
+from hf_varinit.errors import HFVarInitError, ReportError, RuleError
+from hf_varinit.init.patch import from_config
+from hf_varinit.init.roles import TensorRole, tracked_shapes
 from hf_varinit.init.rules import Init, InitRule, ModelContext, _check_choice, get_rule, register_rule
 from hf_varinit.report.report import VarianceReport
 
@@ -25,9 +42,13 @@ from hf_varinit.report.report import VarianceReport
 def _load_report(source: str) -> VarianceReport:
     """Load a report, cached on the source and the modification time of its files (a rewritten report reloads)."""
     path = Path(source)
-    stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())) if path.is_dir() \
-        else (path.stat().st_mtime_ns if path.exists() else None)
-    return _load_report_cached(source, stamp)
+    try:
+        stamp = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())) \
+            if path.is_dir() else (path.stat().st_mtime_ns if path.exists() else None)
+        return _load_report_cached(source, stamp)
+    except OSError as exc:  # unreadable, or a name the system refuses
+        raise ReportError(f"report {reprlib.repr(source)} cannot be read: {exc.strerror or exc}; give a report "
+                          "folder, a steady_state.json / variance.safetensors file, or a hub id") from None
 
 
 @lru_cache(maxsize=16)
@@ -79,6 +100,7 @@ class OptimalRule(InitRule):
     Args:
         report: a report folder, a ``steady_state.json`` / ``variance.safetensors`` file, or a hub id.
         variances: key -> V(W) (keys as in `init_plan`'s ``key`` column, e.g. ``layers.3.q``).
+        loaded: a `VarianceReport` already in memory (instead of ``report``).
         fallback: the rule for tensors the report lacks (default ``kaiming``).
         allow_depth_interpolation: map a report of another depth by relative depth.
         nonstationary: what to do with tensors the report marks not stationary: ``last`` (use the last
@@ -86,25 +108,44 @@ class OptimalRule(InitRule):
     """
 
     name: ClassVar[str] = "optimal"
-    report: str | None = None
+    report: str | os.PathLike | None = None
     variances: dict | None = field(default=None, metadata={"spec": False}, hash=False, compare=False)
+    loaded: VarianceReport | None = field(default=None, metadata={"spec": False}, hash=False, compare=False)
     fallback: str = "kaiming"
     allow_depth_interpolation: bool = False
     nonstationary: str = "last"
 
     def __post_init__(self):
-        if (self.report is None) == (self.variances is None):
+        if isinstance(self.report, os.PathLike):
+            object.__setattr__(self, "report", os.fspath(self.report))
+        if self.report is not None and (not isinstance(self.report, str) or not self.report.strip()):
+            raise RuleError(f"rule 'optimal': report={self.report!r} must be a folder, a file or a hub id (a "
+                            "non-empty string), e.g. 'optimal:report=model_cards/gpt2-12l-tiny-kaiming'")
+        if self.loaded is not None and not isinstance(self.loaded, VarianceReport):
+            raise RuleError(f"rule 'optimal': loaded={self.loaded!r} must be a VarianceReport; for a folder, a file "
+                            "or a hub id use report=<...>")
+        if sum(x is not None for x in (self.report, self.variances, self.loaded)) != 1:
             raise RuleError(
                 "rule 'optimal' needs exactly one of report=<folder | file | hub id> or variances={key: V(W)}; "
                 "e.g. 'optimal:report=model_cards/gpt2-12l-tiny-kaiming'"
             )
         if not isinstance(self.fallback, str) or get_rule(self.fallback).name == "optimal":
             raise RuleError(f"rule 'optimal': fallback={self.fallback!r} must name another rule, e.g. kaiming")
+        if not isinstance(self.allow_depth_interpolation, bool):
+            raise RuleError(f"rule 'optimal': allow_depth_interpolation={self.allow_depth_interpolation!r} must be "
+                            "true or false")
         _check_choice(self.name, "nonstationary", self.nonstationary, ("last", "skip", "error"))
         if self.variances is not None:
-            if not isinstance(self.variances, Mapping):
-                raise RuleError("rule 'optimal': variances must be a dict {key: V(W)}; for a file use report=<path>")
+            _check_table_types(self.variances)
             check_variances(self.variances, "variances")
+
+    @property
+    def spec(self) -> str:
+        spec = super().spec
+        if self.loaded is None:
+            return spec
+        rest = spec.partition(":")[2]
+        return f"optimal:report={self.loaded.origin or '<in-memory report>'}" + (f",{rest}" if rest else "")
 
     def weight_init(self, entry, ctx):
         raise RuleError("rule 'optimal' must be bound to a model first: call rule.bind(model), or use "
@@ -116,24 +157,70 @@ class OptimalRule(InitRule):
         if self.variances is not None:
             table = {k: (v, "") for k, v in check_variances(self.variances, "variances").items()}
             return BoundOptimalRule(table, fallback, "variances table")
-        report = _load_report(self.report)
-        variances = check_variances(report.variances(nonstationary=self.nonstationary), self.report)
+        report = self.loaded if self.loaded is not None else _load_report(self.report)
+        source = self.report or report.origin or "in-memory report"
+        variances = check_variances(report.variances(nonstationary=self.nonstationary), source)
         config = getattr(model, "config", None)
-        _check_architecture(report, config, self.report)
+        check_compatible(report, model, source)
         src_depth, dst_depth = report.n_layer, num_layers(config) if config is not None else None
         if src_depth and dst_depth and src_depth != dst_depth:
             if not self.allow_depth_interpolation:
                 raise ReportError(
-                    f"report {self.report!r} has {src_depth} layers but the model has {dst_depth}; add "
+                    f"report {source!r} has {src_depth} layers but the model has {dst_depth}; add "
                     "',allow-depth-interpolation' to the rule spec to map layers by relative depth"
                 )
             table = interpolate_depth(variances, src_depth, dst_depth)
         else:
             table = {k: (v, "") for k, v in variances.items()}
-        return BoundOptimalRule(table, fallback, f"report {self.report}")
+        return BoundOptimalRule(table, fallback, f"report {source}")
 
 
-def _check_architecture(report: VarianceReport, config, source: str) -> None:
+def _check_table_types(variances: Any) -> None:
+    if not isinstance(variances, Mapping):
+        raise RuleError("rule 'optimal': variances must be a dict {key: V(W)}; for a file use report=<path>")
+    for key, value in variances.items():
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RuleError(f"rule 'optimal': variances[{key!r}] = {value!r}; the table maps keys (strings such as "
+                            "'layers.0.q') to numbers V(W) > 0")
+
+
+@lru_cache(maxsize=16)
+def _shapes_of_config(model_type: str, config_json: str) -> dict[str, tuple[int, ...]] | None:
+    """Tracked tensor shapes of the model a stored config describes (built on the meta device), or None when the
+    config cannot be rebuilt here (a model type this transformers does not know, a remote-code model)."""
+    try:
+        config = config_from_dict(model_type, json.loads(config_json))
+        with torch.device("meta"):  # shapes only
+            return tracked_shapes(from_config(config, "hf"))
+    except (HFVarInitError, ValueError, TypeError, KeyError, AttributeError, ImportError, OSError):
+        return None
+
+
+def report_shapes(report: VarianceReport) -> dict[str, tuple[int, ...]] | None:
+    """``{key: shape}`` of the report's tracked tensors (those it has V(W) for), or None if its model cannot be
+    rebuilt from the stored config."""
+    if not report.config or report.model_type == "unknown":
+        return None
+    shapes = _shapes_of_config(report.model_type, json.dumps(report.config, sort_keys=True, default=str))
+    return None if shapes is None else {k: v for k, v in shapes.items() if k in report.tensors}
+
+
+def _config_hint(report: VarianceReport, config) -> str:
+    diffs = config_differences(report.config, config) if config is not None else []
+    return "" if not diffs else " (config: " + ", ".join(f"{k} {a} vs {b}" for k, a, b in diffs) + ")"
+
+
+def check_compatible(report: VarianceReport, model, source: str) -> None:
+    """Refuse a report measured on another architecture, width, or tensor shapes than ``model``'s.
+
+    Shapes are those of the tracked tensors themselves: a config entry that changes no tensor (GPT-2's head count)
+    is no mismatch, and one that does (the vocabulary, the positions) is named with the tensor. Depth is left to
+    the caller (`OptimalRule.bind` maps it by relative depth with ``allow-depth-interpolation``).
+
+    Raises:
+        ReportError: naming the first mismatch, both values and the fix.
+    """
+    config = getattr(model, "config", None)
     if config is None:
         return
     model_type = getattr(config, "model_type", None)
@@ -149,13 +236,61 @@ def _check_architecture(report: VarianceReport, config, source: str) -> None:
             f"report {source!r} was measured at hidden size {report_width}, but the model has {width}; "
             "V(W) depends on the width, so use a report of the same width"
         )
-    differences = shape_differences(report.config, config)
+    theirs = report_shapes(report)
+    if theirs is None:  # the report's model cannot be rebuilt: compare the config entries that fix shapes
+        diffs = config_differences(report.config, config)
+        if diffs:
+            key, a, b = diffs[0]
+            raise ReportError(f"report {source!r} was measured with {key}={a}, but the model has {key}={b}; "
+                              "the tensors' shapes differ, so use a report of the same architecture")
+        return
+    differences = shape_differences(theirs, tracked_shapes(model))
     if differences:
-        key, theirs, mine = differences[0]
+        key, a, b = differences[0]
         raise ReportError(
-            f"report {source!r} was measured with {key}={theirs}, but the model has {key}={mine}; "
-            "the tensors' shapes differ, so use a report of the same architecture"
+            f"report {source!r} does not fit the model: tracked tensor {key!r} has shape {a} in the report but "
+            f"{b} in the model{_config_hint(report, config)}; V(W) holds per tensor, so use a report measured at "
+            f"these shapes, or build the report's own architecture with hv.from_report({source!r}, ...)"
         )
+
+
+def report_config(report: VarianceReport | str | os.PathLike[str], **overrides: Any) -> PretrainedConfig:
+    """The config of the model a report was measured on (its stored config), ``overrides`` applied.
+
+    Raises:
+        ReportError: the report cannot be loaded or keeps no model config. ConfigError: an unknown override.
+    """
+    loaded = report if isinstance(report, VarianceReport) else _load_report(os.fspath(report))
+    if not loaded.config or loaded.model_type == "unknown":
+        raise ReportError(f"{loaded.source_description} keeps no model config, so its architecture is unknown; "
+                          "build the model yourself and use hv.from_config(config, rule='optimal:report=...')")
+    return config_from_dict(loaded.model_type, loaded.config, **overrides)
+
+
+def from_report(
+    report: VarianceReport | str | os.PathLike[str], seed: int | None = None, **config_overrides: Any
+) -> PreTrainedModel:
+    """A model with the report's architecture (its stored config), initialised from it with s0^2 = V(W).
+
+    Args:
+        report (`VarianceReport`, `str` or `os.PathLike`): a report, or a report folder, a ``steady_state.json`` /
+            ``variance.safetensors`` file, or a hub id.
+        seed (`int`, *optional*): makes the weights deterministic.
+        config_overrides: config entries to change, under the config's own names (e.g. ``vocab_size=...``). A
+            changed depth maps V(W) by relative depth; a changed width or tensor shape is refused.
+
+    Raises:
+        ReportError: the report cannot be loaded, keeps no model config, or does not fit the overridden config.
+        ConfigError: an override the config does not have.
+
+    Example:
+        >>> model = hv.from_report("model_cards/gpt2-12l-tiny-kaiming", seed=0)  # doctest: +SKIP
+    """
+    loaded = report if isinstance(report, VarianceReport) else _load_report(os.fspath(report))
+    rule = {"loaded": report} if isinstance(report, VarianceReport) else {"report": os.fspath(report)}
+    config = report_config(loaded, **config_overrides)
+    depth_changed = loaded.n_layer is not None and num_layers(config) != loaded.n_layer
+    return from_config(config, OptimalRule(**rule, allow_depth_interpolation=depth_changed), seed=seed)
 
 
 @dataclass(frozen=True)
@@ -182,3 +317,5 @@ class BoundOptimalRule(InitRule):
 
 
 register_rule(OptimalRule.name, OptimalRule)
+
+__all__ = ["BoundOptimalRule", "OptimalRule", "check_compatible", "from_report", "report_config", "report_shapes"]

@@ -7,6 +7,9 @@ analyses (`KeyAnalysis`), the record (`VarianceStats`) and the equilibration ban
 * ``steady_state_vs_depth.png``: V(W) vs depth per role, the init variance as dashed lines; tensors
   that are not stationary are drawn as hollow markers.
 
+A snapshot (one set of weights, no trajectory) gets only the last, titled as the weights' E[W^2] vs depth: its
+record has no curve to draw and no equilibration to judge.
+
 Models without Q/K/V (e.g. the MLP with role ``linear``) get their own layered roles plotted instead.
 """
 
@@ -20,7 +23,7 @@ from hf_varinit.io_utils import atomic_path
 from hf_varinit.record.stats_file import VarianceStats
 from hf_varinit.report.steady_state import KeyAnalysis
 
-__all__ = ["PLOT_FILES", "display_roles", "role_keys", "write_plots"]
+__all__ = ["PLOT_FILES", "display_roles", "plot_files", "role_keys", "write_plots"]
 
 PLOT_FILES = ("qkv_variance.png", "equilibration.png", "steady_state_vs_depth.png")
 QKV = ("q", "k", "v")
@@ -122,8 +125,18 @@ def plot_equilibration(tensors: dict[str, KeyAnalysis], band: float, path: Path)
     return _save(fig, path)
 
 
-def plot_steady_state(tensors: dict[str, KeyAnalysis], path: Path) -> Path:
-    """``steady_state_vs_depth.png``: V(W) vs depth per role against the init variance (dashed)."""
+def plot_files(stats: VarianceStats | None, snapshot: bool = False) -> list[str]:
+    """The names of the PNGs `write_plots` writes for this record."""
+    if snapshot:
+        return [PLOT_FILES[2]]
+    return [name for name in PLOT_FILES if name != PLOT_FILES[0] or (stats is not None and len(stats))]
+
+
+def plot_steady_state(tensors: dict[str, KeyAnalysis], path: Path, snapshot: bool = False) -> Path:
+    """``steady_state_vs_depth.png``: V(W) vs depth per role against the init variance (dashed).
+
+    For a snapshot the title says what it is (the E[W^2] of one set of weights) and nothing is drawn hollow.
+    """
     fig, (ax,) = _figure(1, width=5.5)
     values: list[float] = []
     for i, role in enumerate(display_roles(tensors)):
@@ -133,7 +146,7 @@ def plot_steady_state(tensors: dict[str, KeyAnalysis], path: Path) -> Path:
         label = _ROLE_TITLES.get(role, role)
         ax.plot([d for d, _ in rows], [a.v_w for _, a in rows], color=color, marker="o",
                 label=f"{label} V(W)")
-        hollow = [(d, a.v_w) for d, a in rows if not a.stationary]
+        hollow = [(d, a.v_w) for d, a in rows if a.stationary is False]
         if hollow:
             ax.scatter(*zip(*hollow), s=80, facecolors="white", edgecolors=color, zorder=3)
         init = [(d, a.init_var) for d, a in rows if a.init_var is not None and math.isfinite(a.init_var)]
@@ -142,7 +155,8 @@ def plot_steady_state(tensors: dict[str, KeyAnalysis], path: Path) -> Path:
         values += [a.v_w for _, a in rows] + [v for _, v in init]  # type: ignore[misc]
     if _positive(values):
         ax.set_yscale("log")
-    ax.set_title("Steady-state V(W) vs depth (hollow: not stationary)")
+    ax.set_title("E[W^2] of the weights vs depth (one snapshot)" if snapshot
+                 else "Steady-state V(W) vs depth (hollow: not stationary)")
     ax.set_xlabel("layer (depth)")
     _integer_depth(ax.xaxis)
     ax.set_ylabel("E[W^2]")
@@ -153,7 +167,7 @@ def plot_steady_state(tensors: dict[str, KeyAnalysis], path: Path) -> Path:
 
 
 def write_plots(folder: str | Path, tensors: dict[str, KeyAnalysis], stats: VarianceStats | None,
-                band: float) -> list[Path]:
+                band: float, snapshot: bool = False) -> list[Path]:
     """Write the report's PNGs into ``folder`` (each atomically); returns the files written.
 
     Args:
@@ -161,8 +175,11 @@ def write_plots(folder: str | Path, tensors: dict[str, KeyAnalysis], stats: Vari
         tensors (`dict[str, KeyAnalysis]`): the steady-state analysis per tracked key.
         stats (`VarianceStats`, *optional*): the record; without it ``qkv_variance.png`` is skipped.
         band (`float`): the relative band of the equilibration step, for the plot's title.
+        snapshot (`bool`): one set of weights: only ``steady_state_vs_depth.png`` (see `plot_files`).
     """
     folder = Path(folder)
+    if snapshot:
+        return [plot_steady_state(tensors, folder / PLOT_FILES[2], snapshot=True)]
     written = [
         plot_variance_curves(tensors, stats, folder / PLOT_FILES[0]),
         plot_equilibration(tensors, band, folder / PLOT_FILES[1]),

@@ -1,4 +1,5 @@
-"""Where a report goes: a local folder (written atomically, merged into an existing one) and a hub model repo.
+"""Where a report goes: a local folder (written atomically; an existing one is replaced only on request) and a hub
+model repo.
 
 Repo ids are checked with `huggingface_hub.utils.validate_repo_id` and offline mode is huggingface_hub's own
 flag (``HF_HUB_OFFLINE=1``), so the rules are the hub's, not a copy of them.
@@ -18,7 +19,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from hf_varinit.errors import ReportError
 from hf_varinit.io_utils import atomic_folder
 
-__all__ = ["check_repo_id", "download_folder", "hub_offline", "push_folder", "push_written", "save_folder"]
+__all__ = ["check_dataset_ids", "check_destination", "check_repo_id", "download_folder", "hub_dataset_ids",
+           "hub_offline", "is_repo_id", "push_folder", "push_written", "save_folder"]
 
 
 def hub_offline() -> bool:
@@ -39,23 +41,38 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def save_folder(folder: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Write a report folder atomically: ``write(tmp)`` fills a staging folder that then becomes ``folder``.
-
-    A new folder appears whole; an existing one gets each new file replaced atomically, and its other files
-    stay. If ``write`` raises, nothing is left behind.
-
-    Args:
-        folder (`str` or `os.PathLike`): the destination folder.
-        write (`Callable[[Path], None]`): writes the report's files into the folder it is given.
+def check_destination(folder: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """``folder`` as a `Path` if a report may be written there: it is absent or empty, or ``overwrite`` is set.
 
     Raises:
-        ReportError: ``folder`` exists and is not a folder.
+        ReportError: ``folder`` is a file, or a non-empty folder without ``overwrite`` (naming the flag).
     """
     dest = Path(folder)
     if dest.exists() and not dest.is_dir():
         raise ReportError(f"{dest} exists and is not a folder; choose a folder for the report")
-    with atomic_folder(dest, merge=True) as tmp:
+    if dest.is_dir() and any(dest.iterdir()) and not overwrite:
+        raise ReportError(f"{dest} already exists; pass --overwrite (overwrite=True in Python) to replace it "
+                          "whole, or choose another folder")
+    return dest
+
+
+def save_folder(folder: str | os.PathLike[str], write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+    """Write a report folder atomically: ``write(tmp)`` fills a staging folder that then becomes ``folder``.
+
+    A new folder appears whole. An existing, non-empty one is replaced whole (none of its old files stay) only
+    with ``overwrite=True``; otherwise nothing is written. If ``write`` raises, nothing is left behind and an
+    existing folder is untouched. Folders get mode 0o777 and files 0o666, less the umask.
+
+    Args:
+        folder (`str` or `os.PathLike`): the destination folder.
+        write (`Callable[[Path], None]`): writes the report's files into the folder it is given.
+        overwrite (`bool`): replace an existing folder.
+
+    Raises:
+        ReportError: ``folder`` is a file, or an existing non-empty folder without ``overwrite``.
+    """
+    dest = check_destination(folder, overwrite=overwrite)
+    with atomic_folder(dest) as tmp:
         write(tmp)
     return dest
 
@@ -98,6 +115,39 @@ def push_written(write: Callable[[Path], None], repo_id: str, *, where: str, **k
         folder.mkdir()
         write(folder)
         return push_folder(folder, repo_id, where=where, **kwargs)
+
+
+def is_repo_id(value: Any) -> bool:
+    """Whether ``value`` is a valid hub repo id."""
+    try:
+        return isinstance(value, str) and bool(check_repo_id(value))
+    except ReportError:
+        return False
+
+
+def check_dataset_ids(datasets: Sequence[str]) -> list[str]:
+    """``datasets`` as a list if every entry is a hub repo id; otherwise a ReportError naming the entry."""
+    for d in datasets:
+        if not is_repo_id(d):
+            raise ReportError(f"datasets={list(datasets)!r}: {d!r} is not a hub dataset id ('name' or "
+                              "'namespace/name'); the card's `datasets` lists hub datasets only, and a local "
+                              "corpus is described in the card's text (the run's `dataset` metadata)")
+    return list(datasets)
+
+
+def hub_dataset_ids(metadata: dict) -> list[str]:
+    """The hub dataset ids of a run's metadata: its ``dataset`` when it names a hub dataset (``hub:<id>[:config]``,
+    as `hf_varinit.train.data` describes one); a local corpus (the Python standard library, a file or a folder)
+    gives none."""
+    described = metadata.get("dataset")
+    items = described if isinstance(described, list) else [described]
+    ids = []
+    for item in items:
+        if isinstance(item, str) and item.startswith("hub:"):
+            repo_id = item[len("hub:"):].split(":", 1)[0].strip()
+            if is_repo_id(repo_id):
+                ids.append(repo_id)
+    return list(dict.fromkeys(ids))
 
 
 def _check_push(repo_id: str, where: str) -> None:

@@ -21,19 +21,36 @@ from typing import Any
 from huggingface_hub import ModelCard
 
 from hf_varinit.errors import ReportError, StatsError
-from hf_varinit.io_utils import atomic_write_json, atomic_write_text
+from hf_varinit.io_utils import atomic_write_json, atomic_write_text, json_safe
 from hf_varinit.record.stats_file import STATS_FILENAME, VarianceStats, load_stats, save_stats
+from hf_varinit.reference_reports import bundled_report
 from hf_varinit.report import plots
-from hf_varinit.report.card import build_card, layer_table
-from hf_varinit.report.publish import download_folder, push_folder, push_written, save_folder
-from hf_varinit.report.steady_state import AnalysisOptions, KeyAnalysis, analyze, analyze_series, layer_equilibration
+from hf_varinit.report.card import DEFAULT_LICENSE, build_card, layer_table
+from hf_varinit.report.publish import (
+    check_dataset_ids,
+    download_folder,
+    hub_dataset_ids,
+    is_repo_id,
+    push_folder,
+    push_written,
+    save_folder,
+)
+from hf_varinit.report.steady_state import (
+    AnalysisOptions,
+    KeyAnalysis,
+    analyze,
+    analyze_series,
+    is_snapshot,
+    layer_equilibration,
+)
 
 __all__ = ["AnalysisOptions", "KeyAnalysis", "VarianceReport", "analyze", "analyze_series"]
 
-STEADY_FORMAT = "hf_varinit.report.steady_state"
+STEADY_FORMAT = "hf_varinit.steady_state"  # a file-format id, not a module path: never renamed
 STEADY_VERSION = 1
 STEADY_FILENAME = "steady_state.json"
 CARD_FILENAME = "README.md"
+CONFIG_FILENAME = "config.json"
 
 
 class VarianceReport:
@@ -43,13 +60,17 @@ class VarianceReport:
         tensors (`dict[str, KeyAnalysis]`): per tracked key.
         model_type (`str`), n_layer (`int` or `None`), config (`dict`), rule (`str` or `None`).
         options (`AnalysisOptions`), stats (`VarianceStats` or `None`), metadata (`dict`): run metadata.
+        datasets (`list[str]`): hub dataset ids of the run (the card's ``datasets``); a local corpus is only
+            described in the card's text (metadata ``dataset``).
+        license (`str`): the card's license (the run's ``license`` metadata, else ``apache-2.0``).
+        base_model (`str` or `None`): the hub model id a report of one set of weights was made from.
     """
 
     def __init__(
         self, tensors: dict[str, KeyAnalysis], *, options: AnalysisOptions, model_type: str | None,
         n_layer: int | None, config: dict, rule: str | None, metadata: dict | None = None,
         stats: VarianceStats | None = None, title: str | None = None, datasets: list[str] | None = None,
-        origin: str | None = None,
+        origin: str | None = None, license: str | None = None, base_model: str | None = None,
     ) -> None:
         self.tensors = tensors
         self.options = options
@@ -60,27 +81,38 @@ class VarianceReport:
         self.metadata = dict(metadata or {})
         self.stats = stats
         self.title = title
-        self.datasets = list(datasets) if datasets else _datasets_from(self.metadata)
+        self.datasets = check_dataset_ids(datasets) if datasets else hub_dataset_ids(self.metadata)
         self.origin = origin
+        self.license = license or _str_or_none(self.metadata.get("license")) or DEFAULT_LICENSE
+        self.base_model = base_model or _str_or_none(self.metadata.get("hub_id"))
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
     def from_stats(
         cls, stats_or_path: VarianceStats | str | os.PathLike[str], options: AnalysisOptions | None = None,
-        *, title: str | None = None, datasets: list[str] | None = None,
+        *, title: str | None = None, datasets: list[str] | None = None, license: str | None = None,
     ) -> VarianceReport:
-        """Analyse a record (a :class:`VarianceStats` or a path to ``variance.safetensors``)."""
+        """Analyse a record (a :class:`VarianceStats` or a path to ``variance.safetensors``).
+
+        Args:
+            stats_or_path (`VarianceStats`, `str` or `os.PathLike`): the record.
+            options (`AnalysisOptions`, *optional*): the steady-state tolerances.
+            title (`str`, *optional*): the card's heading.
+            datasets (`list[str]`, *optional*): hub dataset ids (default: the ``hub:`` dataset of the run's metadata).
+            license (`str`, *optional*): the card's license (default: the run's, else ``apache-2.0``).
+        """
         stats = stats_or_path if isinstance(stats_or_path, VarianceStats) else load_stats(stats_or_path)
         opts = options or AnalysisOptions()
         return cls(
             analyze(stats, opts), options=opts, model_type=stats.model_type, n_layer=stats.n_layer,
             config=stats.config, rule=stats.rule, metadata=stats.metadata, stats=stats, title=title,
-            datasets=datasets, origin=str(stats.path) if stats.path else None,
+            datasets=datasets, origin=str(stats.path) if stats.path else None, license=license,
         )
 
     @classmethod
     def load(cls, source: str | os.PathLike[str]) -> VarianceReport:
-        """Load a report: a folder, a ``steady_state.json``, a ``variance.safetensors`` or a hub repo id.
+        """Load a report: a folder, a ``steady_state.json``, a ``variance.safetensors``, the name of a report bundled
+        with the package (``gpt2-12l-tiny-qkv-dynamics``) or a hub repo id, tried in that order.
 
         Raises:
             ReportError: missing or malformed files, a V(W) that is not finite and > 0, a pickle file,
@@ -100,6 +132,8 @@ class VarianceReport:
                 return cls._from_safetensors(path)
             raise ReportError(f"{path}: not a report file; expected a folder, {STEADY_FILENAME} or "
                               f"{STATS_FILENAME} (pickle and other formats are never loaded)")
+        if (bundled := bundled_report(source)) is not None:  # a reference report shipped with the package
+            return cls.load(bundled)
         return cls._from_hub(str(source))
 
     @classmethod
@@ -148,12 +182,12 @@ class VarianceReport:
         """
         if nonstationary not in ("last", "skip", "error"):
             raise ReportError(f"nonstationary={nonstationary!r}; choose 'last', 'skip' or 'error'")
-        bad = [k for k, a in self.tensors.items() if not a.stationary]
+        bad = self.nonstationary_keys
         if bad and nonstationary == "error":
             raise ReportError(f"{self.source_description}: not stationary: {bad}; use nonstationary='last' "
                               "or 'skip', or record a longer run")
-        return {k: float(a.v_w) for k, a in self.tensors.items()
-                if a.v_w is not None and (a.stationary or nonstationary == "last")}
+        return {k: float(a.v_w) for k, a in self.tensors.items()  # a snapshot's tensors are not judged (None)
+                if a.v_w is not None and (a.stationary is not False or nonstationary == "last")}
 
     @property
     def layers(self) -> dict[int, int | None]:
@@ -162,7 +196,13 @@ class VarianceReport:
 
     @property
     def nonstationary_keys(self) -> list[str]:
-        return [k for k, a in self.tensors.items() if not a.stationary]
+        """Keys judged not stationary (a snapshot's tensors are not judged, so it has none)."""
+        return [k for k, a in self.tensors.items() if a.stationary is False]
+
+    @property
+    def is_snapshot(self) -> bool:
+        """Whether this report is of one set of weights (``report --from-model``), not of a training record."""
+        return is_snapshot(self.metadata)
 
     @property
     def source_description(self) -> str:
@@ -174,8 +214,8 @@ class VarianceReport:
             parts.append(f"rule {self.rule!r}")
         if self.stats is not None and len(self.stats):
             parts.append(f"steps {int(self.stats.step[0])}-{int(self.stats.step[-1])}")
-        if self.metadata.get("source") == "checkpoint":
-            parts.append("measured from final weights")
+        if self.is_snapshot:
+            parts.append("one set of weights, not a training record")
         where = f" from {self.origin}" if self.origin else ""
         return f"variance report{where} ({', '.join(parts)})"
 
@@ -192,8 +232,8 @@ class VarianceReport:
         """
         return build_card(
             self.tensors, reference=reference, options=self.options, model_type=self.model_type,
-            n_layer=self.n_layer, rule=self.rule, config=self.config, metadata=self.metadata,
-            datasets=self.datasets, stats=self.stats, title=self.title, extra_sections=extra_sections,
+            n_layer=self.n_layer, rule=self.rule, metadata=self.metadata, datasets=self.datasets, stats=self.stats,
+            title=self.title, extra_sections=extra_sections, license=self.license, base_model=self.base_model,
         )
 
     def to_steady_state(self) -> dict:
@@ -203,27 +243,37 @@ class VarianceReport:
             "n_layer": self.n_layer, "config": self.config, "rule": self.rule,
             "options": dataclasses.asdict(self.options),
             "source": self.metadata.get("source"), "datasets": self.datasets, "title": self.title,
+            "license": self.license, "base_model": self.base_model,
+            "dataset_description": _str_or_none(self.metadata.get("dataset")),
+            "checkpoint": _str_or_none(self.metadata.get("checkpoint")),
             "tensors": {k: a.to_dict() for k, a in self.tensors.items()},
-            "layers": {str(layer): {"equilibration_step": s} for layer, s in self.layers.items()},
+            "layers": {} if self.is_snapshot else {
+                str(layer): {"equilibration_step": s} for layer, s in self.layers.items()},
         }
 
     # --- writing ------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike[str], *, reference: str | None = None,
-             extra_sections: Sequence[str] = ()) -> Path:
+             extra_sections: Sequence[str] = (), overwrite: bool = False) -> Path:
         """Write the report folder; returns it.
 
-        Files: ``README.md`` (model card), ``steady_state.json``, ``variance.safetensors`` (when the
-        record is known), ``qkv_variance.png``, ``equilibration.png``, ``steady_state_vs_depth.png``.
-        Everything is written into a temporary folder first; a new folder is renamed into place, an
-        existing one gets each file replaced atomically (other files in it are left alone).
+        Files: ``README.md`` (model card), ``steady_state.json``, ``config.json`` (the model config, when
+        known), ``variance.safetensors`` (when the record is known), ``qkv_variance.png``, ``equilibration.png``,
+        ``steady_state_vs_depth.png`` (a report of one set of weights has only the last plot). Everything is
+        written into a temporary folder first, which is then renamed into place. Folders get mode 0o755 and
+        files 0o644 (under the usual umask 022).
 
         Args:
             folder (`str` or `os.PathLike`): destination folder.
             reference (`str`, *optional*): what the card's snippet passes as ``report=`` (default: folder).
             extra_sections (`Sequence[str]`): markdown sections added to the card after its caveats.
+            overwrite (`bool`): replace an existing, non-empty ``folder`` whole (none of its old files stay).
+
+        Raises:
+            ReportError: ``folder`` exists, is not empty and ``overwrite`` is False (nothing is written).
         """
         reference = reference or str(folder)
-        return save_folder(folder, lambda tmp: self._write_files(tmp, reference, extra_sections))
+        return save_folder(folder, lambda tmp: self._write_files(tmp, reference, extra_sections),
+                           overwrite=overwrite)
 
     def _write_files(self, folder: Path, reference: str, extra_sections: Sequence[str] = ()) -> None:
         if self.stats is not None:
@@ -231,7 +281,9 @@ class VarianceReport:
             save_stats(folder / STATS_FILENAME, step=s.step, mean=s.mean, var=s.var,
                        second_moment=s.second_moment, tracked=s.tracked, metadata=s.metadata)
         atomic_write_json(folder / STEADY_FILENAME, self.to_steady_state())
-        plots.write_plots(folder, self.tensors, self.stats, self.options.band)
+        if self.config:
+            atomic_write_json(folder / CONFIG_FILENAME, json_safe(json.loads(json.dumps(self.config, default=str))))
+        plots.write_plots(folder, self.tensors, self.stats, self.options.band, snapshot=self.is_snapshot)
         atomic_write_text(folder / CARD_FILENAME, str(self.to_model_card(reference, extra_sections)))
 
     def push_to_hub(
@@ -252,9 +304,10 @@ class VarianceReport:
             return push_folder(_folder, repo_id, **options)
         return push_written(lambda tmp: self._write_files(tmp, repo_id), repo_id, **options)
 
-    def save_and_push(self, folder: str | os.PathLike[str], repo_id: str, **kwargs: Any) -> str:
+    def save_and_push(self, folder: str | os.PathLike[str], repo_id: str, *, overwrite: bool = False,
+                      **kwargs: Any) -> str:
         """Write ``folder`` first (its card pointing at ``repo_id``), then push it; returns the repo URL."""
-        dest = self.save(folder, reference=repo_id)
+        dest = self.save(folder, reference=repo_id, overwrite=overwrite)
         return self.push_to_hub(repo_id, _folder=dest, **kwargs)
 
     def __repr__(self) -> str:
@@ -311,19 +364,17 @@ def _parse_steady_state(doc: Any) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ReportError(f"'config' should be an object, got {type(config).__name__}")
     datasets = doc.get("datasets")
+    metadata = {name: doc[field] for name, field in (("source", "source"), ("dataset", "dataset_description"),
+                                                   ("checkpoint", "checkpoint"), ("hub_id", "base_model"))
+                if isinstance(doc.get(field), str) and doc[field]}
     return dict(
         tensors=tensors, options=AnalysisOptions.from_dict(doc.get("options") or {}),
         model_type=_opt(doc, "model_type", (str,)), n_layer=_opt(doc, "n_layer", (int,)), config=config,
-        rule=_opt(doc, "rule", (str,)), metadata={"source": doc.get("source")} if doc.get("source") else {},
-        title=_opt(doc, "title", (str,)),
-        datasets=[d for d in datasets if isinstance(d, str)] if isinstance(datasets, list) else None,
+        rule=_opt(doc, "rule", (str,)), metadata=metadata, title=_opt(doc, "title", (str,)),
+        datasets=[d for d in datasets if is_repo_id(d)] if isinstance(datasets, list) else None,
+        license=_opt(doc, "license", (str,)),
     )
 
 
-def _datasets_from(metadata: dict) -> list[str]:
-    ds = metadata.get("dataset")
-    if isinstance(ds, str) and ds:
-        return [ds]
-    if isinstance(ds, list):
-        return [d for d in ds if isinstance(d, str)]
-    return []
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

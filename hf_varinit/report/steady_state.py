@@ -18,62 +18,24 @@ Definitions (tolerances are fields of :class:`AnalysisOptions`):
   the series is not stationary. Of a layer: the max over the layer's tensors (``None`` if any is None).
 * **Ratio**: ``v_w / init_var``; ``init_var = init_std**2`` from the tracked metadata when known, else
   the first recorded value of ``options.stat``.
-* **Checkpoints**: a record made from a trained checkpoint (metadata ``source == "checkpoint"``) has
-  one record of final weights; it is taken as the steady state (V(W) = its second moment), and the
-  report says so.
+* **Snapshots**: a record made from a set of weights (metadata ``source == "checkpoint"``, see
+  `hf_varinit.record.from_checkpoint`) has one record. Its ``v_w`` is that snapshot's second moment, and
+  nothing is judged: ``stationary`` is None (not judged), no window, drift, spread or equilibration step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 
-from hf_varinit.errors import ReportError
-from hf_varinit.record.stats_file import STAT_NAMES, VarianceStats
+from hf_varinit.record.stats_file import VarianceStats
+from hf_varinit.report.options import AnalysisOptions
 
-__all__ = ["AnalysisOptions", "KeyAnalysis", "analyze", "analyze_series", "layer_equilibration"]
-
-
-@dataclasses.dataclass(frozen=True)
-class AnalysisOptions:
-    """Tolerances of the steady-state analysis (see the module docstring for the definitions)."""
-
-    window_fraction: float = dataclasses.field(
-        default=0.25, metadata={"help": "trailing window as a fraction of the records"})
-    min_window: int = dataclasses.field(
-        default=5, metadata={"help": "fewest records in the window; fewer records in all = not stationary"})
-    drift_tol: float = dataclasses.field(
-        default=0.05, metadata={"help": "largest relative drift of the fitted trend across the window"})
-    band: float = dataclasses.field(
-        default=0.10, metadata={"help": "relative band around the steady value for equilibration"})
-    stat: str = dataclasses.field(
-        default="second_moment", metadata={"help": "statistic giving V(W): second_moment, var or mean"})
-
-    def __post_init__(self) -> None:
-        checks = [
-            (isinstance(self.window_fraction, (int, float)) and 0 < self.window_fraction <= 1,
-             "window_fraction", "a number in (0, 1]"),
-            (type(self.min_window) is int and self.min_window >= 2, "min_window", "an integer >= 2"),
-            (isinstance(self.drift_tol, (int, float)) and self.drift_tol > 0, "drift_tol", "a number > 0"),
-            (isinstance(self.band, (int, float)) and self.band > 0, "band", "a number > 0"),
-            (self.stat in STAT_NAMES, "stat", f"one of {list(STAT_NAMES)}"),
-        ]
-        for ok, name, valid in checks:
-            if not ok:
-                raise ReportError(f"AnalysisOptions.{name}={getattr(self, name)!r} is invalid; use {valid}")
-
-    @classmethod
-    def from_dict(cls, data: Any) -> AnalysisOptions:
-        if not isinstance(data, dict):
-            raise ReportError(f"analysis options must be a JSON object, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ReportError(f"unknown analysis option(s) {unknown}; valid: {sorted(names)}")
-        return cls(**data)
+__all__ = ["AnalysisOptions", "KeyAnalysis", "analyze", "analyze_series", "is_snapshot", "layer_equilibration"]
 
 
 @dataclasses.dataclass
@@ -83,7 +45,7 @@ class KeyAnalysis:
     key: str
     role: str | None
     layer: int | None
-    stationary: bool
+    stationary: bool | None  # None: not judged (a one-snapshot record)
     v_w: float | None
     window: tuple[int, int] | None
     spread: float | None
@@ -164,12 +126,12 @@ def analyze(stats: VarianceStats, options: AnalysisOptions | None = None) -> dic
     """Analyse every tracked tensor of ``stats``; returns ``{key: KeyAnalysis}`` in column order."""
     opts = options or AnalysisOptions()
     result: dict[str, KeyAnalysis] = {}
-    from_checkpoint = stats.metadata.get("source") == "checkpoint"
+    snapshot = is_snapshot(stats.metadata)
     for j, info in enumerate(stats.tracked):
         values, var = getattr(stats, opts.stat)[:, j], stats.var[:, j]
-        if from_checkpoint:
-            a = dict(stationary=True, v_w=float(values[-1]), window=(int(stats.step[-1]),) * 2, spread=0.0,
-                     drift=0.0, equilibration_step=None, reason="measured from final weights (checkpoint)")
+        if snapshot:
+            a = dict(stationary=None, v_w=float(values[-1]), window=None, spread=None, drift=None,
+                     equilibration_step=None, reason="one snapshot of weights: not judged")
         else:
             a = analyze_series(stats.step, values, var, opts)
         init_std = info.get("init_std")
@@ -186,11 +148,22 @@ def analyze(stats: VarianceStats, options: AnalysisOptions | None = None) -> dic
     return result
 
 
-def layer_equilibration(tensors: dict[str, KeyAnalysis]) -> dict[int, int | None]:
-    """Per layer: the latest equilibration step of its tensors (None if any never equilibrates)."""
+def is_snapshot(metadata: dict) -> bool:
+    """Whether a record's metadata describes one set of weights (``report --from-model``), not a training record."""
+    return metadata.get("source") == "checkpoint"
+
+
+def layer_equilibration(tensors: dict[str, KeyAnalysis], roles: Collection[str] | None = None
+                        ) -> dict[int, int | None]:
+    """Per layer: the latest equilibration step of its tensors (None if any never equilibrates).
+
+    Args:
+        tensors (`dict[str, KeyAnalysis]`): the analysis per key.
+        roles (`Collection[str]`, *optional*): only these roles (e.g. ``("q", "k", "v")``); default every tensor.
+    """
     per: dict[int, list[int | None]] = {}
     for a in tensors.values():
-        if a.layer is not None:
+        if a.layer is not None and (roles is None or a.role in roles):
             per.setdefault(a.layer, []).append(a.equilibration_step)
     return {
         layer: (None if any(s is None for s in steps) else max(steps))  # type: ignore[type-var]

@@ -3,47 +3,29 @@
 Importing this module registers the pilot as ``mlp`` (``hf-varinit calibrate --model mlp``).
 
 Example:
-    >>> result = calibrate_mlp("digits", depth=3, width=64, steps=400, rounds=4, output="model_cards/mlp-cal")
-    >>> model = hf_varinit.from_config(cfg, rule=result.rule())  # or rule="optimal:report=model_cards/mlp-cal"
+    >>> result = calibrate_mlp("digits", depth=3, width=64, steps=400, rounds=4, output="runs/mlp-cal")
+    >>> model = hf_varinit.from_config(cfg, rule=result.rule())  # or rule="optimal:report=runs/mlp-cal"
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hf_varinit.calibrate import CalibrationResult, calibrate_pilot, register_pilot_factory
-from hf_varinit.errors import ConfigError, NonFiniteLossError
+from hf_varinit.errors import NonFiniteLossError
 from hf_varinit.report.steady_state import AnalysisOptions
+from hf_varinit.studies.configs import MLPPilotConfig
 from hf_varinit.studies.datasets import load_classification
 from hf_varinit.studies.mlp_train import build_mlp, run_stats, train_mlp
 
 __all__ = ["MLPPilot", "calibrate_mlp", "mlp_pilot_factory", "mlp_title"]
 
 
-@dataclass
-class MLPPilot:
-    """Settings of the MLP pilot: the model, the data and the training run that measures V(W)."""
-
-    dataset: str = "mnist-subset"
-    depth: int = 3
-    width: int = 256
-    activation: str = "relu"
-    lr: float = 0.05
-    steps: int = 1500
-    batch_size: int = 64
-    record_every: int = 15
-    seed: int = 0
-    max_train: int | None = None
-    weight_decay: float = 0.0  # 0: plain SGD, the studies' setting
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.record_every < 1 or self.steps // self.record_every < 5:
-            raise ConfigError(f"MLP pilot: steps={self.steps} / record_every={self.record_every} must give at least "
-                              "5 records, e.g. steps=1500, record_every=15")
+class MLPPilot(MLPPilotConfig):
+    """The MLP pilot: `MLPPilotConfig`'s settings (model, data, SGD run) and the functions that run it."""
 
     def make(self):
         """``(build_model, pilot, data)`` for `hf_varinit.calibrate.calibrate`."""
@@ -96,6 +78,7 @@ def calibrate_mlp(
     initial_rule: str | dict = "kaiming",
     options: AnalysisOptions | None = None,
     output: str | Path | None = None,
+    overwrite: bool = False,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> CalibrationResult:
@@ -109,11 +92,13 @@ def calibrate_mlp(
         lr, steps, batch_size, record_every, seed, max_train, weight_decay: the pilot run (see `MLPPilot`).
         rounds, tol, initial_rule, options, log: as for `hf_varinit.calibrate.calibrate`.
         output (`str` or `Path`, *optional*): the report folder; ``command`` goes into its card.
+        overwrite (`bool`): replace ``output`` if it exists (otherwise that is a `ReportError`, before any work).
     """
     settings = MLPPilot(data_name, depth, width, activation, lr, steps, batch_size, record_every, seed, max_train,
                         weight_decay)
     return calibrate_pilot("mlp", settings, rounds=rounds, tol=tol, initial_rule=initial_rule, options=options,
-                           output=output, title=mlp_title(settings), command=command, log=log)
+                           output=output, overwrite=overwrite, title=mlp_title(settings), command=command,
+                           log=log)
 
 
 register_pilot_factory("mlp", mlp_pilot_factory, overwrite=True)

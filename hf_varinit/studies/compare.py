@@ -4,10 +4,10 @@ Studies:
 
 * ``study="init"`` (default): Kaiming (fan-in, ReLU gain) vs Xavier under ReLU, with tanh as the control where
   Xavier is the matched rule. Loss curves (full training set, mean ± std over seeds), steps to a target loss,
-  final training loss and test accuracy. Folder ``model_cards/compare-kaiming-xavier-<dataset>``.
+  final training loss and test accuracy. Folder ``runs/compare-kaiming-xavier-<dataset>``.
 * ``study="optimal"``: Horii & Has's experiment: He-normal (``kaiming``) vs ``optimal`` (s0² = V(W) measured in a
   He-normal pilot run) vs ``optimal-calibrated`` (the fixed point of `hf_varinit.calibrate`) vs Xavier.
-  Folder ``model_cards/optimal-vs-he-<dataset>``.
+  Folder ``runs/optimal-vs-he-<dataset>``.
 
 Every model is built by ``hf_varinit.from_config(VarInitMLPConfig(...), rule=..., seed=seed)``.
 
@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hf_varinit.calibrate import CalibrationResult, calibrate
+from hf_varinit.calibrate import CalibrationResult, calibrate, check_output
 from hf_varinit.errors import ConfigError
 from hf_varinit.io_utils import atomic_write_json, json_safe
 from hf_varinit.report.report import VarianceReport
@@ -155,10 +155,9 @@ def _write(cfg: CompareConfig, runs: list[dict], curves: list[dict], summary: di
         "curves.png": lambda p: compare_plot(curves, groups, cfg, p),
         "summary.json": lambda p: atomic_write_json(p, json_safe(summary)),
         "README.md": lambda p: p.write_text(compare_card(cfg, summary)),
-    })
-    if pilots is not None:
-        pilots.report.save(out / "pilot")
-        pilots.calibration.save(out / "calibration", command=summary["command"])
+        **({"pilot": lambda p: pilots.report.save(p, reference=f"{cfg.output}/pilot"),
+            "calibration": lambda p: pilots.calibration.save(p, command=summary["command"])} if pilots else {}),
+    }, overwrite=cfg.overwrite)
     return out
 
 
@@ -176,6 +175,8 @@ def run_compare(config: CompareConfig | None = None, *, command: str | None = No
     """
     base = asdict(config) if config else {}
     cfg = CompareConfig(**{**base, **overrides})
+    if cfg.output:
+        check_output(cfg.output, cfg.overwrite)  # before the work, not after it
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     data = load_classification(cfg.dataset, seed=0, max_train=cfg.max_train)

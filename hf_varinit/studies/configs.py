@@ -1,22 +1,39 @@
-"""Settings of the MLP studies as dataclasses: the sweep of the initial std and the head-to-head comparisons.
+"""Settings of the MLP studies as dataclasses: the sweep of the initial std, the head-to-head comparisons and the
+MLP calibration pilot.
 
-``hf-varinit sweep`` and ``hf-varinit compare`` derive their flags from these; the ``*_QUICK`` presets are the
-seconds-long smoke tests of ``--quick``.
+Every field carries ``metadata={"help": ...}``; ``hf-varinit sweep``, ``compare`` and ``calibrate`` derive their
+flags from the fields with `add_config_arguments` (one source of truth for the flags, their help and their
+defaults). The ``*_QUICK`` presets are the seconds-long smoke tests of ``--quick``. Study reports go under ``runs/``
+by default; an existing report folder is replaced only with ``overwrite=True`` (``--overwrite``).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from hf_varinit.errors import ConfigError
 
-__all__ = ["CLAIM_BAND", "COMPARE_QUICK", "STUDIES", "SWEEP_QUICK", "CompareConfig", "SweepConfig", "default_stds"]
+__all__ = ["CLAIM_BAND", "COMPARE_QUICK", "STUDIES", "SWEEP_QUICK", "CalibrateConfig", "CompareConfig",
+           "MLPPilotConfig", "SweepConfig", "add_config_arguments", "config_values", "default_stds"]
 
 CLAIM_BAND = (1e-2, 1e-1)  # the stability band the second study claims for the initial std
 STUDIES = ("init", "optimal")
+RUNS = "runs"  # where study reports go by default (model_cards/ holds the committed evidence)
+
+
+def _opt(help_text: str, default: Any = None, *, shown: str | None = None, factory: Any = None, **extra) -> Any:
+    """A dataclass field with its ``--flag`` help; ``shown`` is the default as the help states it."""
+    metadata = {"help": help_text, **({"shown": shown} if shown is not None else {}), **extra}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def default_stds(num: int = 13, lo: float = 1e-4, hi: float = 1e1) -> list[float]:
@@ -28,21 +45,31 @@ def default_stds(num: int = 13, lo: float = 1e-4, hi: float = 1e1) -> list[float
 class SweepConfig:
     """Settings of the sweep (each field is a ``--flag`` of ``hf-varinit sweep``)."""
 
-    datasets: list[str] = field(default_factory=lambda: ["wine", "digits", "mnist-subset"])
-    depths: list[int] = field(default_factory=lambda: [3, 6, 10])
-    stds: list[float] = field(default_factory=default_stds)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    width: int = 128  # hidden width of every layer
-    steps: int | None = 600  # SGD steps per point (wins over epochs)
-    epochs: int | None = None
-    lr: float = 0.05
-    batch_size: int = 64
-    max_train: int | None = None  # subsample the training split
-    stable_fraction: float = 0.5  # tau: stable needs final train loss <= tau * ln(C)
-    signal_bound: float = 1e6  # B: stable needs 1/B <= act_ratio at init <= B
-    output: str | None = "model_cards/sweep-relu-mlp"  # None: write nothing
+    datasets: list[str] = _opt("classification sets: wine, digits, mnist-subset (online: mnist, fashion_mnist)",
+                               factory=lambda: ["wine", "digits", "mnist-subset"])
+    depths: list[int] = _opt("hidden layers of the MLPs", factory=lambda: [3, 6, 10])
+    stds: list[float] | None = _opt("explicit grid of init stds", shown="--num-stds points from --std-min to --std-max")
+    std_min: float = _opt("smallest std of the log grid", 1e-4)
+    std_max: float = _opt("largest std of the log grid", 1e1)
+    num_stds: int = _opt("points of the log grid", 13)
+    seeds: list[int] = _opt("seeds of every point", factory=lambda: [0, 1, 2])
+    width: int = _opt("hidden width of every layer", 128)
+    steps: int | None = _opt("SGD steps per point (wins over --epochs)", 600)
+    epochs: int | None = _opt("epochs per point, instead of --steps (give --steps none)")
+    lr: float = _opt("plain SGD learning rate", 0.05)
+    batch_size: int = _opt("batch size", 64)
+    max_train: int | None = _opt("subsample the training split to this many examples", shown="all")
+    stable_fraction: float = _opt("tau: stable needs final train loss <= tau*ln(C)", 0.5)
+    signal_bound: float = _opt("B: stable needs 1/B <= act_ratio at init <= B", 1e6)
+    output: str | None = _opt("report folder (none: write nothing)", f"{RUNS}/sweep-relu-mlp")
+    overwrite: bool = _opt("replace an existing report folder", False)
 
     def __post_init__(self) -> None:
+        if self.stds is None:
+            if self.num_stds < 2 or not 0 < self.std_min < self.std_max:
+                raise ConfigError(f"sweep: num_stds={self.num_stds}, std_min={self.std_min}, std_max={self.std_max}: "
+                                  "need num_stds >= 2 and 0 < std_min < std_max, e.g. 13, 1e-4, 10")
+            self.stds = default_stds(self.num_stds, self.std_min, self.std_max)
         if not self.datasets or not self.depths or not self.stds or not self.seeds:
             raise ConfigError("sweep: datasets, depths, stds and seeds must each be non-empty")
         if any(s <= 0 or not math.isfinite(s) for s in self.stds):
@@ -57,29 +84,31 @@ class SweepConfig:
 
 
 SWEEP_QUICK = dict(datasets=["wine"], depths=[3], stds=[1e-4, 0.3, 10.0], seeds=[0], width=16, steps=80,
-                   output="model_cards/sweep-quick")
+                   output=f"{RUNS}/sweep-quick")
 
 
 @dataclass
 class CompareConfig:
     """Settings of ``hf-varinit compare`` (each field is a ``--flag``); None picks the study's default."""
 
-    study: str = "init"
-    dataset: str = "mnist-subset"
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    depth: int | None = None  # init: 8, optimal: 3
-    width: int | None = None  # init: 128, optimal: 256
-    lr: float | None = None  # init: 0.01, optimal: 0.05
-    steps: int | None = None  # init: 1000, optimal: 1500
-    batch_size: int = 64
-    eval_every: int | None = None  # default: steps // 50
-    target_loss: float | None = None  # default: 0.5
-    max_train: int | None = None
-    pilot_seed: int = 1000  # optimal: seed of the He-normal pilot and of the calibration pilots
-    record_every: int | None = None  # optimal: pilot record interval (default steps // 100)
-    calibration_rounds: int = 4
-    calibration_tol: float = 0.05
-    output: str | None = None  # default model_cards/<study stem>-<dataset>; "" writes nothing
+    study: str = _opt("init: Kaiming vs Xavier; optimal: He-normal vs s0²=V(W)", "init", choices=STUDIES)
+    dataset: str = _opt("classification set: mnist-subset, digits, wine (online: mnist, fashion_mnist)",
+                        "mnist-subset")
+    seeds: list[int] = _opt("seeds of every arm", factory=lambda: [0, 1, 2, 3, 4])
+    depth: int | None = _opt("hidden layers", shown="init: 8, optimal: 3")
+    width: int | None = _opt("hidden width", shown="init: 128, optimal: 256")
+    lr: float | None = _opt("plain SGD learning rate", shown="init: 0.01, optimal: 0.05")
+    steps: int | None = _opt("SGD steps per run", shown="init: 1000, optimal: 1500")
+    batch_size: int = _opt("batch size", 64)
+    eval_every: int | None = _opt("full-train-loss interval", shown="steps/50")
+    target_loss: float | None = _opt("train loss of the steps-to-target column", shown="0.5")
+    max_train: int | None = _opt("subsample the training split to this many examples", shown="all")
+    pilot_seed: int = _opt("optimal: seed of the He-normal pilot and of the calibration pilots", 1000)
+    record_every: int | None = _opt("optimal: pilot record interval", shown="steps/100")
+    calibration_rounds: int = _opt("optimal: most calibration pilots", 4)
+    calibration_tol: float = _opt("optimal: calibration tolerance (max relative change)", 0.05)
+    output: str | None = _opt("report folder ('' writes nothing)", shown=f"{RUNS}/<study>-<dataset>")
+    overwrite: bool = _opt("replace an existing report folder", False)
 
     def __post_init__(self) -> None:
         if self.study not in STUDIES:
@@ -96,12 +125,113 @@ class CompareConfig:
         self.record_every = self.record_every or max(1, self.steps // 100)
         self.target_loss = 0.5 if self.target_loss is None else self.target_loss
         if self.output is None:
-            self.output = f"model_cards/{self.stem}-{self.dataset}"
+            self.output = f"{RUNS}/{self.stem}-{self.dataset}"
 
     @property
     def stem(self) -> str:
         """The report folder's name stem of the study."""
         return "compare-kaiming-xavier" if self.study == "init" else "optimal-vs-he"
+
+
+@dataclass
+class MLPPilotConfig:
+    """Settings of the MLP calibration pilot: the model, the data and the SGD run that measures V(W)."""
+
+    dataset: str = _opt("classification set: mnist-subset, digits, wine", "mnist-subset")
+    depth: int = _opt("hidden layers", 3)
+    width: int = _opt("hidden width", 256)
+    activation: str = _opt("activation of the hidden layers", "relu")
+    lr: float = _opt("pilot SGD learning rate", 0.05)
+    steps: int = _opt("pilot SGD steps", 1500)
+    batch_size: int = _opt("pilot batch size", 64)
+    record_every: int = _opt("pilot record interval (steps)", 15)
+    seed: int = _opt("init seed and data order (the same every round)", 0)
+    max_train: int | None = _opt("subsample the training split to this many examples", shown="all")
+    weight_decay: float = _opt("pilot SGD weight decay (0: plain SGD, the studies' setting)", 0.0)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.record_every < 1 or self.steps // self.record_every < 5:
+            raise ConfigError(f"MLP pilot: steps={self.steps} / record_every={self.record_every} must give at least "
+                              "5 records, e.g. steps=1500, record_every=15")
+
+
+@dataclass
+class CalibrateConfig:
+    """Settings of the calibration loop of ``hf-varinit calibrate`` (the pilot's own are `MLPPilotConfig` or the
+    ``--config`` YAML)."""
+
+    model: str | None = _opt("pilot: 'mlp', 'gpt2', 'llama' or one registered with register_pilot_factory",
+                             shown="mlp; gpt2 with --config")
+    config: str | None = _opt("pretraining YAML (path or bundled name) of a language-model pilot, e.g. "
+                              "gpt2-12l-tiny", shown="none")
+    rounds: int = _opt("most pilot runs", 4)
+    tol: float = _opt("stop when the max relative change of V(W) is below this", 0.05)
+    initial_rule: str = _opt("init rule of round 0", "kaiming")
+    drift_tol: float | None = _opt("steady-state drift tolerance", shown="0.05, as hf-varinit report")
+    window_fraction: float | None = _opt("steady-state trailing window", shown="0.25, as hf-varinit report")
+    output: str | None = _opt("report folder", shown=f"{RUNS}/mlp-calibrated-<dataset>, or {RUNS}/<model>-calibrated")
+    overwrite: bool = _opt("replace an existing report folder", False)
+
+
+# ----------------------------------------------------------------------------- fields -> flags
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown(f: dataclasses.Field) -> str:
+    if "shown" in f.metadata:
+        return f.metadata["shown"]
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _none_or(kind: type):
+    def parse(text: str):
+        return None if text.strip().lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--kebab-case`` flag per field of the dataclass ``cls`` to ``parser``, its help ending in the default.
+
+    Every flag defaults to None (booleans: ``store_true``), so `config_values` can tell the flags typed from the
+    rest; the dataclass fills in the defaults.
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind, optional = hints[f.name], False
+        args = typing.get_args(kind)
+        if type(None) in args:  # X | None
+            optional, kind = True, next(a for a in args if a is not type(None))
+        help_text = f"{f.metadata['help']} (default: {_shown(f)})"
+        if kind is bool:
+            parser.add_argument(_flag(f.name), dest=f.name, action="store_true", default=None, help=help_text)
+            continue
+        options: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+        if typing.get_origin(kind) is list:
+            kind = typing.get_args(kind)[0]
+            options["nargs"] = "+"
+        options["type"] = _none_or(kind) if optional and "nargs" not in options else kind
+        if "choices" in f.metadata:
+            options["choices"] = f.metadata["choices"]
+        parser.add_argument(_flag(f.name), **options)
+
+
+def config_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` whose flags were typed (not None) in ``args``."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
 COMPARE_QUICK = dict(dataset="wine", seeds=[0, 1], depth=2, width=16, steps=60, lr=0.05, calibration_rounds=2)

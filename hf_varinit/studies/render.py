@@ -11,6 +11,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from hf_varinit.calibrate import check_output
 from hf_varinit.io_utils import atomic_folder
 
 __all__ = ["csv_text", "mean_std", "model_card", "write_folder"]
@@ -18,20 +19,24 @@ __all__ = ["csv_text", "mean_std", "model_card", "write_folder"]
 CARD_TEMPLATE = "---\n{{ card_data }}\n---\n{{ body }}"  # YAML metadata, then the study's markdown
 
 
-def write_folder(dest: str | os.PathLike[str], writers: dict[str, Callable[[Path], None]]) -> Path:
-    """Write a report folder: every ``writers[name](path)`` writes one file into a temporary folder first.
-
-    A new folder is renamed into place; an existing one gets each file replaced atomically (other files in it
-    are left alone). If a writer raises, ``dest`` is untouched.
+def write_folder(dest: str | os.PathLike[str], writers: dict[str, Callable[[Path], None]], *,
+                 overwrite: bool = False) -> Path:
+    """Write a report folder whole: every ``writers[name](path)`` writes one file (or sub-folder) into a staging
+    folder, which then becomes ``dest``. If a writer raises, ``dest`` is untouched and nothing is left behind.
 
     Args:
         dest (`str` or `os.PathLike`): the report folder.
         writers (`dict[str, Callable[[Path], None]]`): file name (relative to ``dest``) -> its writer.
+        overwrite (`bool`): replace an existing ``dest`` (all of it).
 
     Returns:
         `Path`: ``dest``.
+
+    Raises:
+        ReportError: ``dest`` exists and ``overwrite`` is False.
     """
-    with atomic_folder(dest, merge=True) as tmp:
+    check_output(dest, overwrite)
+    with atomic_folder(dest) as tmp:
         for name, writer in writers.items():
             target = tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)

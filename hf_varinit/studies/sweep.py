@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hf_varinit.calibrate import check_output
 from hf_varinit.io_utils import atomic_write_json, json_safe
 from hf_varinit.report.tables import markdown_table
 from hf_varinit.studies.cards import sweep_card
@@ -172,7 +173,7 @@ def _write(cfg: SweepConfig, rows: list[dict], bands: list[dict], agg: list[dict
         "sweep.png": lambda p: sweep_plot(rows, bands, cfg, p),
         "summary.json": lambda p: atomic_write_json(p, json_safe(summary)),
         "README.md": lambda p: p.write_text(sweep_card(cfg, rows, bands, agg, summary)),
-    })
+    }, overwrite=cfg.overwrite)
 
 
 def run_sweep(config: SweepConfig | None = None, *, command: str | None = None, log=None, **overrides) -> SweepResult:
@@ -180,7 +181,7 @@ def run_sweep(config: SweepConfig | None = None, *, command: str | None = None, 
 
     Args:
         config (`SweepConfig`, *optional*): the settings; keyword ``overrides`` replace its fields
-            (``run_sweep(datasets=["wine"], depths=[3], stds=[1e-3, 1e-1], output="model_cards/sweep-x")``).
+            (``run_sweep(datasets=["wine"], depths=[3], stds=[1e-3, 1e-1], output="runs/sweep-x")``).
         command (`str`, *optional*): the regenerating command written into the card (default: `sweep_command`).
         log (`Callable[[str], None]`, *optional*): progress messages (default: stderr).
 
@@ -188,6 +189,8 @@ def run_sweep(config: SweepConfig | None = None, *, command: str | None = None, 
         `SweepResult`.
     """
     cfg = SweepConfig(**{**asdict(config or SweepConfig()), **overrides})
+    if cfg.output:
+        check_output(cfg.output, cfg.overwrite)  # before the work, not after it
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
     rows = []

@@ -29,7 +29,10 @@ _TMP_PREFIX = ".tmp_step_"
 
 # Options a resumed run may change; any other difference would make it a different run.
 RESUMABLE_CHANGES = frozenset({"output_dir", "resume", "eval_every", "eval_batches", "log_every", "report_to",
-                               "checkpoint_every", "keep_last", "cache_dir", "on_nonfinite"})
+                               "checkpoint_every", "keep_last", "cache_dir", "on_nonfinite", "disable_tqdm"})
+# Options a resumed run may raise (never lower): max_steps continues a run past its end, the warmup + cosine
+# schedule rebuilt over the new value.
+GROWABLE = frozenset({"max_steps"})
 
 
 @dataclass
@@ -61,13 +64,18 @@ class RunState:
         """Raise `ConfigError` unless ``options`` and ``world_size`` make the same run as this state's.
 
         A different seed, batch, model, data or schedule would make a different run, not a continued one; only
-        `RESUMABLE_CHANGES` may differ.
+        `RESUMABLE_CHANGES` may differ, and `GROWABLE` may grow (``max_steps`` at least this state's step).
         """
         saved = {name: value for group in self.options.values() for name, value in group.items()}
         saved["world_size"] = self.world_size
         expected = {name: value for group in options.values() for name, value in group.items()
                     if name not in RESUMABLE_CHANGES}
         expected["world_size"] = world_size
+        for key in GROWABLE & expected.keys():
+            value, before = expected.pop(key), saved.get(key)
+            if before is not None and value < before:
+                raise ConfigError(f"--resume: {folder} was trained with {key}={before!r}, now {key}={value!r}; "
+                                  f"{key} may grow to continue a run, not shrink: use {key} >= {before}")
         for key, value in expected.items():
             if json.loads(json.dumps(saved.get(key), default=str)) != json.loads(json.dumps(value, default=str)):
                 raise ConfigError(f"--resume: {folder} was trained with {key}={saved.get(key)!r}, now "

@@ -7,10 +7,16 @@ Usage:
     accelerate launch --multi_gpu --num_processes 2 -m hf_varinit pretrain --config gpt2-12l-tiny
     # continue after an interruption from the newest complete checkpoint
     hf-varinit pretrain --config gpt2-12l-tiny --output-dir runs/tiny --resume
+    # continue a finished run to more steps (the warmup + cosine schedule is rebuilt over the new max_steps)
+    hf-varinit pretrain --config gpt2-12l-tiny --output-dir runs/tiny --resume --max-steps 600
 
 `run_pretrain` reads top to bottom: build the parts (`hf_varinit.train.build`), start or resume the `RunState`,
 then for every optimizer step `train_step`, record, `evaluate` when due, `log_metrics` (one ``accelerator.log``
-call) and `save_checkpoint` when due; at the end, the statistics and ``final/``.
+call) and `save_checkpoint` when due (and at the last step); at the end, the statistics and ``final/``.
+
+Ctrl-C (SIGINT) or SIGTERM stops the run after the current optimizer step with a complete checkpoint and the
+statistics, and prints the command that continues it (`hf_varinit.train.interrupt`); the command exits with 130
+or 143.
 
 Outputs in ``output_dir``: ``variance.safetensors`` (the records), ``metrics.jsonl`` (one JSON per log line),
 ``checkpoints/step_N/`` (complete Accelerate states), ``final/`` (``save_pretrained`` + tokenizer).
@@ -36,7 +42,7 @@ from accelerate.utils import extract_model_from_parallel, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from hf_varinit.arch import layer_key
+from hf_varinit.arch import parse_layer_key
 from hf_varinit.errors import ConfigError, NonFiniteLossError
 from hf_varinit.init.patch import from_config
 from hf_varinit.record.recorder import VarianceRecorder
@@ -61,6 +67,8 @@ from hf_varinit.train.checkpoint import (
     save_checkpoint,
     save_final,
 )
+from hf_varinit.train.console import print_summary, quiet_console, tqdm_disabled_by_env
+from hf_varinit.train.interrupt import StopSignals, continue_command, invoked_command, signal_name
 from hf_varinit.train.metrics import MetricsFile, Throughput, finite_or_none
 from hf_varinit.train.options import PretrainOptions, command_line
 
@@ -83,6 +91,12 @@ class TrainResult:
     nonfinite_skips: int
     wall_s: float
     resumed_from: Path | None = None
+    stopped_by: int | None = None  # the signal that stopped the run early (``final_dir`` is then not written)
+
+    @property
+    def exit_code(self) -> int:
+        """0 for a finished run; 128 + the signal number for a stopped one (130 SIGINT, 143 SIGTERM)."""
+        return 0 if self.stopped_by is None else 128 + self.stopped_by
 
 
 @dataclass
@@ -94,13 +108,19 @@ class StepOutcome:
     micro_batches: int
 
 
-def run_pretrain(options: PretrainOptions) -> TrainResult:
+def run_pretrain(options: PretrainOptions, *, command: str | list[str] | None = None,
+                 handle_signals: bool = True) -> TrainResult:
     """Build the data and model, train, record, checkpoint, evaluate and save (see the module docstring).
 
-    The ``hf-varinit pretrain`` command calls this; so can a script or a notebook.
+    The ``hf-varinit pretrain`` command calls this; so can a script or a notebook. While it runs, SIGINT and
+    SIGTERM stop it after the current step with a checkpoint (``result.stopped_by`` is the signal); the previous
+    signal handlers are restored afterwards.
 
     Args:
         options (`PretrainOptions`): e.g. ``parse_options(["--config", "gpt2-tiny-test"])``.
+        command (`str` or `list[str]`, *optional*): the command that started the run, for the ``continue with:``
+            line of a stopped run; default: this process's ``pretrain`` command line, else `command_line(options)`.
+        handle_signals (`bool`): False leaves SIGINT / SIGTERM to the caller (a pilot run inside a larger job).
 
     Raises:
         `ConfigError`: unusable options or output folder, or ``--resume`` without a matching checkpoint.
@@ -115,17 +135,23 @@ def run_pretrain(options: PretrainOptions) -> TrainResult:
     if not t.resume and complete_checkpoints(output_dir):
         raise ConfigError(f"output_dir {str(output_dir)!r} already holds checkpoints of a run; pass --resume to "
                           f"continue it or choose another --output-dir")
+    command = command or invoked_command("pretrain") or command_line(options)
     metrics = MetricsFile(output_dir / METRICS)
-    accelerator = make_accelerator(t, output_dir, metrics)
-    try:
-        return _train(accelerator, options, output_dir, metrics, t0)
-    finally:
-        accelerator.end_training()
-        reset_accelerate_state()  # lets the next in-process run pick its own mixed precision
+    with StopSignals(enabled=handle_signals) as stop, quiet_console(disable_progress_bars=_no_progress_bars(options)):
+        accelerator = make_accelerator(t, output_dir, metrics)
+        try:
+            return _train(accelerator, options, output_dir, metrics, t0, stop, command)
+        finally:
+            accelerator.end_training()
+            reset_accelerate_state()  # lets the next in-process run pick its own mixed precision
+
+
+def _no_progress_bars(options: PretrainOptions) -> bool:
+    return options.training.disable_tqdm or tqdm_disabled_by_env()
 
 
 def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path, metrics: MetricsFile,
-           t0: float) -> TrainResult:
+           t0: float, stop: StopSignals, command: str | list[str]) -> TrainResult:
     t = options.training
     main = accelerator.is_main_process
     set_seed(t.seed)
@@ -141,13 +167,19 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
     state, resumed = start_state(accelerator, output_dir, recorder, metrics, options)
     accelerator.init_trackers("hf_varinit", config={f"{g}.{k}": v for g, d in options.to_dict().items()
                                                      for k, v in d.items() if v is not None})
+    tracking = t.report_to != "none"
+    if tracking and main and resumed is None:  # the init's record (step 0) goes to the tracker too
+        accelerator.log(qkv_variances(recorder), step=0)
     tokens_per_micro = t.batch_size * options.model.block_size
     batches = micro_batches(accelerator, train_dl, sampler, state)
-    evaluation, speed = None, Throughput()
-    bar = tqdm(total=t.max_steps, initial=state.step, desc="pretrain", disable=not accelerator.is_local_main_process)
+    evaluation, speed, saved = None, Throughput(), None
+    bar = tqdm(total=t.max_steps, initial=state.step, desc="pretrain",
+               disable=not accelerator.is_local_main_process or _no_progress_bars(options))
     model.train()
     try:
         while state.step < t.max_steps:
+            if stop.requested(accelerator):  # every rank asks after the same step, and gets the same answer
+                break
             step = train_step(accelerator, model, optimizer, scheduler, batches, options, state)
             if not math.isfinite(step.loss):
                 if t.on_nonfinite == "error":
@@ -159,19 +191,35 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
             if state.position == len(train_dl):
                 state.epoch, state.position = state.epoch + 1, 0
             bar.update(1)
-            if main:
-                recorder.maybe_record(state.step)
+            recorded = state.step % t.record_every == 0
+            if main and recorded:
+                recorder.record(state.step)
             final = state.step >= t.max_steps
             evaluated = final or bool(t.eval_every and state.step % t.eval_every == 0)
             if evaluated:
                 evaluation = evaluate(accelerator, model, eval_dl, t.eval_batches)
+            variances = qkv_variances(recorder) if recorded and tracking and main else None
             if state.step % t.log_every == 0 or evaluated:
                 log_metrics(accelerator, bar, state, step, scheduler.get_last_lr()[0], speed.rate(),
-                            evaluation if evaluated else None)
-            if t.checkpoint_every and state.step % t.checkpoint_every == 0:
-                save_checkpoint(accelerator, output_dir, state, recorder, data.tokenizer, metadata, t.keep_last)
+                            evaluation if evaluated else None, variances)
+            elif variances:  # a record step between metrics lines: the variances alone (metrics.jsonl skips them)
+                accelerator.log(variances, step=state.step)
+            if t.checkpoint_every and (state.step % t.checkpoint_every == 0 or final):
+                saved = save_checkpoint(accelerator, output_dir, state, recorder, data.tokenizer, metadata,
+                                        t.keep_last)
     finally:
         bar.close()
+    if stop.signum is not None:
+        saved = saved or resumed
+        if saved is None or saved.name != f"step_{state.step}":  # this step has no checkpoint yet
+            saved = save_checkpoint(accelerator, output_dir, state, recorder, data.tokenizer, metadata, t.keep_last)
+        if main:
+            recorder.save(output_dir, metadata)
+            print(f"\n{signal_name(stop.signum)}: statistics in {output_dir / STATS}, checkpoint {saved}")
+            print(f"stopped at step {state.step}; continue with: {continue_command(command)}", flush=True)
+        return TrainResult(output_dir, output_dir / STATS, metrics.path, output_dir / "final", state.step,
+                           state.tokens, None, None, state.nonfinite_skips, time.perf_counter() - t0, resumed,
+                           stop.signum)
     if evaluation is None:  # resumed at the final step: nothing trained, still report the eval
         evaluation = evaluate(accelerator, model, eval_dl, t.eval_batches)
     final_dir = output_dir / "final"
@@ -184,7 +232,7 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
     result = TrainResult(output_dir, output_dir / STATS, metrics.path, final_dir, state.step, state.tokens,
                          *evaluation, state.nonfinite_skips, time.perf_counter() - t0, resumed)
     if main:
-        print_summary(recorder, result)
+        print_summary(recorder, result, saved.parent if saved else None)
     return result
 
 
@@ -201,6 +249,12 @@ def start_state(accelerator: Accelerator, output_dir: Path, recorder: VarianceRe
     folder = None
     if options.training.resume:
         folder, state = load_checkpoint(accelerator, output_dir, recorder, options.to_dict())
+        if accelerator.is_main_process:
+            print(f"resuming from step {state.step} (checkpoint {folder})")
+            saved_max = state.options.get("training", {}).get("max_steps")
+            if saved_max is not None and saved_max != options.training.max_steps:
+                print(f"max_steps {saved_max} -> {options.training.max_steps}: the warmup + cosine schedule is "
+                      f"rebuilt over {options.training.max_steps} steps and continues at step {state.step}")
     else:
         state = RunState()
         if accelerator.is_main_process:
@@ -274,14 +328,26 @@ def evaluate(accelerator: Accelerator, model, eval_dl, max_batches: int | None) 
 
 
 def log_metrics(accelerator: Accelerator, bar, state: RunState, step: StepOutcome, lr: float, tokens_per_s: float,
-                evaluation: tuple[float, float] | None) -> None:
-    """One metrics line to every tracker (``metrics.jsonl`` always; TensorBoard / Trackio / W&B with --report-to)."""
+                evaluation: tuple[float, float] | None, variances: dict[str, float] | None = None) -> None:
+    """One metrics line to every tracker (``metrics.jsonl`` always; TensorBoard / Trackio / W&B with --report-to).
+
+    ``variances`` (``variance/layers.0.q`` -> value, on record steps with a tracker) go out in the same call;
+    ``metrics.jsonl`` leaves them to ``variance.safetensors``.
+    """
     line = {"loss": step.loss, "lr": lr, "grad_norm": step.grad_norm, "tokens": state.tokens,
             "tokens_per_s": tokens_per_s, "nonfinite_skips": state.nonfinite_skips, "scaler_skips": state.scaler_skips}
     if evaluation is not None:
         line.update(eval_loss=evaluation[0], eval_ppl=evaluation[1])
+    line.update(variances or {})
     bar.set_postfix(loss=f"{step.loss:.3f}", **({"eval": f"{evaluation[0]:.3f}"} if evaluation else {}))
     accelerator.log({k: v for k, v in line.items() if v is not None}, step=state.step)
+
+
+def qkv_variances(recorder: VarianceRecorder) -> dict[str, float]:
+    """The latest record's Q/K/V weight variance per layer, as tracker scalars ``variance/layers.N.q|k|v``."""
+    arrays = recorder.arrays()
+    return {f"variance/{key}": float(arrays["var"][-1, j]) for j, key in enumerate(recorder.keys)
+            if parse_layer_key(key)[1] in ("q", "k", "v")}
 
 
 def stop_on_nonfinite(accelerator: Accelerator, output_dir: Path, recorder: VarianceRecorder, metadata: dict,
@@ -319,27 +385,6 @@ def stats_metadata(options: PretrainOptions, dataset: str, world_size: int) -> d
             "block_size": options.model.block_size, "mixed_precision": t.mixed_precision, "max_steps": t.max_steps,
             "dataset": dataset, "versions": library_versions(), "world_size": world_size, "source": "training",
             "command": command_line(options)}
-
-
-def print_summary(recorder: VarianceRecorder, result: TrainResult) -> None:
-    """Per layer Q/K/V variance at the first and last record, and where every file is."""
-    arrays, keys = recorder.arrays(), recorder.keys
-    steps = arrays["step"]
-    print(f"\nQ/K/V weight variance, step {steps[0]} -> step {steps[-1]}")
-    print(f"{'layer':>5}  " + "  ".join(f"{r + ' init':>10} {r + ' end':>10}" for r in ("q", "k", "v")))
-    for layer in range(recorder.metadata()["n_layer"] or 0):
-        cells = []
-        for role in ("q", "k", "v"):
-            key = layer_key(layer, role)
-            if key in keys:
-                j = keys.index(key)
-                cells.append(f"{arrays['var'][0, j]:>10.3e} {arrays['var'][-1, j]:>10.3e}")
-        if cells:
-            print(f"{layer:>5}  " + "  ".join(cells))
-    ppl = f" (ppl {result.eval_ppl:.2f})" if result.eval_ppl is not None else ""
-    print(f"\nstep {result.step}, {result.tokens} tokens, eval loss {result.eval_loss}{ppl}, {result.wall_s:.1f} s")
-    print(f"statistics   {result.stats_path}\nmetrics      {result.metrics_path}\nfinal model  {result.final_dir}")
-    print(f"checkpoints  {result.output_dir / CHECKPOINTS}")
 
 
 __all__ = ["TrainResult", "evaluate", "run_pretrain", "train_step"]

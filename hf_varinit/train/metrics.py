@@ -2,7 +2,8 @@
 
 `MetricsFile` is one more tracker next to TensorBoard / Trackio / W&B, so one ``accelerator.log(values, step=)``
 call writes every metrics line everywhere. The file is strict JSON, one object a line: NaN and infinity are
-written as null, and every line has the same leading keys (``step``, then `MetricsFile.COLUMNS`).
+written as null, and every line has the same leading keys (``step``, then `MetricsFile.COLUMNS`). The per-layer
+variances sent to the other trackers (``variance/...``) are left out: ``variance.safetensors`` holds them all.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class MetricsFile(GeneralTracker):
     name = "metrics_jsonl"
     requires_logging_directory = False
     main_process_only = True
+    LEFT_OUT = "variance/"  # keys for the other trackers only
     COLUMNS = ("loss", "lr", "grad_norm", "tokens", "tokens_per_s", "nonfinite_skips", "scaler_skips")
 
     def __init__(self, path: str | os.PathLike):
@@ -56,6 +58,9 @@ class MetricsFile(GeneralTracker):
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, values: dict[str, Any], step: int | None = None, **kwargs) -> None:
+        values = {k: v for k, v in values.items() if not k.startswith(self.LEFT_OUT)}
+        if not values:
+            return
         row = {"step": step, **dict.fromkeys(self.COLUMNS), **values}
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps({k: finite_or_none(v) for k, v in row.items()}) + "\n")

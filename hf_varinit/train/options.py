@@ -140,7 +140,12 @@ class TrainingOptions:
     momentum: float = field(default=0.0, metadata={"help": "SGD momentum (sgd only)"})
     weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay (adamw) / L2 (sgd)"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps before the cosine decay"})
-    max_steps: int = field(default=300, metadata={"help": "optimizer steps"})
+    max_steps: int = field(
+        default=300,
+        metadata={"help": "optimizer steps; with --resume a larger value continues the run (finished or not) to "
+                          "the new value: the warmup + cosine schedule is rebuilt over the new max_steps, so after "
+                          "a finished run's decay the lr rises again (a smaller value is refused)"},
+    )
     batch_size: int = field(
         default=8, metadata={"help": "sequences per micro-batch over all processes (global; split across them)"}
     )
@@ -151,13 +156,28 @@ class TrainingOptions:
     eval_batches: int | None = field(default=20, metadata={"help": "eval batches per evaluation (None = all)"})
     log_every: int = field(default=10, metadata={"help": "write a metrics line every N steps"})
     record_every: int = field(default=5, metadata={"help": "record the weight statistics every N steps"})
-    checkpoint_every: int | None = field(default=100, metadata={"help": "checkpoint every N steps (None = never)"})
+    checkpoint_every: int | None = field(
+        default=100,
+        metadata={"help": "checkpoint every N steps and at the last step (None = only when stopped by Ctrl-C or "
+                          "SIGTERM)"},
+    )
     keep_last: int | None = field(default=2, metadata={"help": "complete checkpoints to keep (None = all)"})
     output_dir: str = field(default="runs/pretrain", metadata={"help": "folder of every output file"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest complete checkpoint"})
-    report_to: str = field(default="none", metadata={"help": "none | tensorboard | trackio | wandb"})
+    resume: bool = field(
+        default=False,
+        metadata={"help": "continue from the newest complete checkpoint in --output-dir (after Ctrl-C, SIGTERM "
+                          "or a crash; or past a finished run's end with a larger --max-steps)"},
+    )
+    report_to: str = field(
+        default="none",
+        metadata={"help": "none | tensorboard | trackio | wandb: the metrics, and each record's per-layer Q/K/V "
+                          "variance (variance/layers.N.q|k|v), also go to this tracker"},
+    )
     on_nonfinite: str = field(
         default="error", metadata={"help": "error: stop at a NaN/inf loss | skip: skip that optimizer step"}
+    )
+    disable_tqdm: bool = field(
+        default=False, metadata={"help": "no progress bars (TQDM_DISABLE=1 in the environment does the same)"}
     )
 
     def __post_init__(self):
@@ -310,10 +330,11 @@ class OptionsParser(HfArgumentParser):
         configs = ", ".join(sorted(n[:-5] for n in bundled_configs()))
         self.add_argument("--config", default=None, metavar="FILE_OR_NAME",
                           help=f"YAML file of options (sections model/data/training, or flat keys), or a bundled "
-                               f"config: {configs}; flags typed here override it")
+                               f"config: {configs}; flags typed here override it (default: none, the defaults below)")
         for name, f in FIELDS.items():  # HfArgumentParser adds --no-X only for options that default to True
             if f.default is False:
-                self.add_argument(_flag(f"no_{name}"), action="store_false", dest=name, help=f"do not {_flag(name)}")
+                self.add_argument(_flag(f"no_{name}"), action="store_false", dest=name,
+                                  help=f"turn {_flag(name)} off (default: off)")
         for action in self._actions:  # the actions HfArgumentParser built from the fields
             f = FIELDS.get(action.dest)
             if f is None:

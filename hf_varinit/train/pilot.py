@@ -44,7 +44,8 @@ def lm_pilot_factory(args: argparse.Namespace):
         out = workdir / f"round_{next(rounds)}"
         options = parse_options([*argv, "--output-dir", str(out), "--checkpoint-every", "none"])
         options.training.init = rule
-        return load_stats(run_pretrain(options).stats_path)
+        # Ctrl-C stops the whole calibration (a KeyboardInterrupt), not just this round
+        return load_stats(run_pretrain(options, handle_signals=False).stats_path)
 
     weakref.finalize(pilot, shutil.rmtree, workdir, True)
     t = base.training
