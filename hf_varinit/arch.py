@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PretrainedConfig
 
 from hf_varinit.errors import ConfigError
@@ -348,8 +349,9 @@ def config_from_dict(model_type: str, values: Mapping[str, Any], **overrides: An
     merged = {k: v for k, v in {**values, **overrides}.items() if k not in _NOT_CONFIG}
     try:
         return cls.from_dict(merged)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot build a {model_type} config from {merged}: {exc}") from None
+    except (ValueError, TypeError, StrictDataclassError) as exc:  # the last: a field of the wrong type
+        shown = overrides or merged  # the entries the caller chose, when there are any; the message on one line
+        raise ConfigError(f"cannot build a {model_type} config from {shown}: {' '.join(str(exc).split())}") from None
 
 
 # --- layer keys -------------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ are never touched.
 from __future__ import annotations
 
 import contextlib
+import math
+import reprlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -21,7 +23,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, 
 from transformers import initialization as hf_init
 
 from hf_varinit.arch import ENCODER_TYPES, hidden_size, is_known_architecture, num_layers
-from hf_varinit.errors import RuleError
+from hf_varinit.errors import ConfigError, RoleError, RuleError
 from hf_varinit.init.roles import TensorRole, iter_roles
 from hf_varinit.init.rules import Init, InitRule, ModelContext, get_rule, truncated_std_factor
 
@@ -66,6 +68,9 @@ def trunc_normal_(tensor: torch.Tensor, std: float, cutoff: float = 2.0) -> torc
     """N(0, std^2) truncated at ±cutoff·std, by resampling the values outside (exact, and much faster
     than the inverse-CDF ``torch.nn.init.trunc_normal_``)."""
     bound = cutoff * std
+    if cutoff < 1.0:  # resampling would reject most draws (all but 1e-6 of them at cutoff 1e-6): invert the CDF
+        edge = math.erf(cutoff / math.sqrt(2))  # u in (-edge, edge) -> erfinv(u) * sqrt(2) in (-cutoff, cutoff)
+        return tensor.uniform_(-edge, edge).erfinv_().mul_(std * math.sqrt(2)).clamp_(-bound, bound)
     for chunk in tensor.view(-1).split(_TRUNC_CHUNK):  # chunks stay in cache between the passes below
         chunk.normal_(0.0, std)
         index = (chunk.abs() > bound).nonzero().squeeze(1)
@@ -131,6 +136,12 @@ def initialize_with_rule(model: nn.Module, rule: InitRule) -> None:
             delattr(param, _FLAG)
 
 
+def _check_model(model: Any, where: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise RoleError(f"{where}: model={reprlib.repr(model)} is not a torch nn.Module; pass a model, e.g. "
+                        "hv.from_config(GPT2Config(...)) (to build one from a config use hv.from_config)")
+
+
 def _reset(model: nn.Module) -> None:
     for module in model.modules():
         if hasattr(module, "reset_parameters"):
@@ -167,6 +178,8 @@ def _seeded(seed: int | None):
     if seed is None:
         yield
         return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        raise ConfigError(f"seed={seed!r} is invalid; give an integer in [-2**63, 2**64), e.g. seed=0, or None")
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
@@ -209,6 +222,9 @@ def from_config(
     The rule spec and seed are recorded in the config (``varinit_rule``, ``varinit_seed``), so
     ``save_pretrained`` carries them.
     """
+    if not isinstance(config, PretrainedConfig):
+        raise ConfigError(f"from_config: config={reprlib.repr(config)} is not a transformers config; pass one such as "
+                          "GPT2Config(n_layer=12) or AutoConfig.for_model('gpt2', n_layer=12)")
     resolved = get_rule(rule)
     cls = model_class or _model_class(config)
     with _seeded(seed), patched_init(resolved):
@@ -229,6 +245,7 @@ def apply_init(model: nn.Module, rule: str | dict | InitRule, seed: int | None =
 
     Clears the ``_is_hf_initialized`` flags first, so loaded weights are overwritten too.
     """
+    _check_model(model, "apply_init")
     resolved = get_rule(rule)
     for tensor in (*model.modules(), *model.parameters(), *model.buffers()):
         if hasattr(tensor, _FLAG):
@@ -244,6 +261,7 @@ def apply_init(model: nn.Module, rule: str | dict | InitRule, seed: int | None =
 
 def init_plan(model: nn.Module, rule: str | dict | InitRule) -> list[PlanRow]:
     """A dry run: what distribution and std every tensor (or Q/K/V slice) of ``model`` would get."""
+    _check_model(model, "init_plan")
     resolved = get_rule(rule)
     bound = resolved.bind(model) if resolved.name != "hf" else resolved
     model_type = getattr(getattr(model, "config", None), "model_type", None)

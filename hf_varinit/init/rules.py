@@ -136,6 +136,8 @@ class NormalRule(InitRule):
 
 def truncated_std_factor(cutoff: float) -> float:
     """std of N(0, 1) truncated to [-cutoff, cutoff] (0.880 for cutoff 2)."""
+    if cutoff < 1e-2:  # the closed form below cancels to nothing (or below zero); its series is exact here
+        return cutoff / math.sqrt(3) * math.sqrt(1 - 2 * cutoff * cutoff / 15)
     pdf = math.exp(-0.5 * cutoff * cutoff) / math.sqrt(2 * math.pi)
     mass = math.erf(cutoff / math.sqrt(2))
     return math.sqrt(1 - 2 * cutoff * pdf / mass)
@@ -175,6 +177,8 @@ class _FanRule(InitRule):
     def weight_init(self, entry, ctx):
         if entry.role in EMBEDDING_ROLES:
             return _embedding_init(ctx, self.embedding_std)
+        if not entry.fan_in or not entry.fan_out:  # a dimension of 0: the tensor has no elements to draw
+            return Init("constant", value=0.0, note="empty tensor (a fan of 0)")
         return _sample(self.dist, self.fan_std(entry))
 
     def fan_std(self, entry: TensorRole) -> float:
@@ -214,6 +218,11 @@ class KaimingRule(_FanRule):
         _check_choice(self.name, "nonlinearity", self.nonlinearity, NONLINEARITIES)
         if isinstance(self.a, bool) or not isinstance(self.a, (int, float)) or not math.isfinite(self.a):
             raise RuleError(f"rule 'kaiming': a={self.a!r} is invalid; it must be a finite number (leaky_relu slope)")
+        try:
+            torch.nn.init.calculate_gain(self.nonlinearity, self.a if self.nonlinearity == "leaky_relu" else None)
+        except (OverflowError, ValueError):
+            raise RuleError(f"rule 'kaiming': a={self.a!r} is out of range for nonlinearity={self.nonlinearity!r}; "
+                            "use a leaky_relu slope such as a=0.01") from None
 
     def fan_std(self, entry):
         fan = entry.fan_in if self.mode == "fan_in" else entry.fan_out

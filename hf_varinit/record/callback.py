@@ -13,6 +13,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from hf_varinit.errors import StatsError
 from hf_varinit.record.recorder import VarianceRecorder
 from hf_varinit.record.stats_file import library_versions, load_stats
 
@@ -31,8 +32,8 @@ class VarianceCallback(TrainerCallback):
     """
 
     def __init__(self, every: int = 10, output_dir: str | os.PathLike | None = None, rule=None):
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"VarianceCallback: every={every!r} must be an integer >= 1")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise StatsError(f"VarianceCallback: every={every!r} must be an integer >= 1, e.g. every=10")
         self.every = every
         self.output_dir = output_dir
         self.rule = rule

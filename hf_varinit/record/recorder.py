@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 from hf_varinit.arch import num_layers
-from hf_varinit.errors import HFVarInitError, StatsError
+from hf_varinit.errors import HFVarInitError, RoleError, StatsError
 from hf_varinit.init.patch import init_plan
 from hf_varinit.init.roles import TensorRole, tracked_roles
 from hf_varinit.record.moments import second_moment, var_mean
@@ -30,6 +31,15 @@ def unwrap(model: nn.Module) -> nn.Module:
     while (inner := extract_model_from_parallel(model, keep_torch_compile=False)) is not model:
         model = inner
     return model
+
+
+def _check_step(step) -> int:
+    """``step`` as an int: an integer (Python, numpy or a 0-d integer tensor), never a bool, float or string."""
+    if isinstance(step, torch.Tensor) and step.numel() == 1 and not step.is_floating_point():
+        step = step.item()
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
+        raise StatsError(f"VarianceRecorder: step={reprlib.repr(step)} must be an integer (the optimizer step)")
+    return int(step)
 
 
 class VarianceRecorder:
@@ -52,8 +62,11 @@ class VarianceRecorder:
     """
 
     def __init__(self, model: nn.Module, every: int = 1, rule=None):
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"VarianceRecorder: every={every!r} must be an integer >= 1")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise StatsError(f"VarianceRecorder: every={every!r} must be an integer >= 1, e.g. every=10")
+        if not isinstance(model, nn.Module):
+            raise RoleError(f"VarianceRecorder: model={reprlib.repr(model)} is not a torch nn.Module; pass the model "
+                            "being trained")
         self.model = unwrap(model)
         self.every = every
         self.entries: list[tuple[TensorRole, nn.Parameter]] = tracked_roles(self.model)
@@ -79,6 +92,7 @@ class VarianceRecorder:
 
     def record(self, step: int) -> None:
         """Record the statistics at ``step`` (steps must increase; a repeated step is ignored)."""
+        step = _check_step(step)
         if self._steps and step <= self._steps[-1]:
             if step == self._steps[-1]:
                 return
@@ -88,6 +102,7 @@ class VarianceRecorder:
 
     def maybe_record(self, step: int) -> bool:
         """Record if ``step`` is a multiple of ``every``; return whether it did."""
+        step = _check_step(step)
         if step % self.every == 0:
             self.record(step)
             return True

@@ -64,10 +64,11 @@ def library_versions() -> dict[str, str]:
 
 
 def _resolve(path: str | os.PathLike[str], *, for_write: bool) -> Path:
-    p = Path(path)
-    if p.is_dir() or (for_write and p.suffix != ".safetensors"):
-        return p / STATS_FILENAME
-    return p
+    try:
+        p = Path(path)
+        return p / STATS_FILENAME if p.is_dir() or (for_write and p.suffix != ".safetensors") else p
+    except (TypeError, OSError) as exc:  # not a path at all, a name too long...
+        raise StatsError(f"{str(path)[:80]!r}: not a usable path ({exc}); use a folder or .safetensors file") from None
 
 
 def _encode_meta(value: Any) -> str:
@@ -94,7 +95,7 @@ def _json_default(obj: Any) -> Any:
 def _decode_meta(value: str) -> Any:
     try:
         return json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return value
 
 
@@ -342,8 +343,11 @@ def save_stats(
         "step": np.ascontiguousarray(stats.step),
         **{n: np.ascontiguousarray(getattr(stats, n)) for n in STAT_NAMES},
     }
-    with atomic_path(dest) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    try:
+        with atomic_path(dest) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+    except OSError as exc:  # a parent that is a file, no permission, a full disk...
+        raise StatsError(f"cannot write {dest} ({exc.strerror or exc}); give a folder or a .safetensors path") from exc
     return dest
 
 
@@ -379,8 +383,8 @@ def load_stats(path: str | os.PathLike[str]) -> VarianceStats:
     if not p.is_file():
         hint = f" (no {STATS_FILENAME} in that folder)" if Path(path).is_dir() else ""
         raise StatsError(f"{p}: statistics file not found{hint}")
-    _check_header(p)
     try:
+        _check_header(p)  # (an OSError here, e.g. no permission, is caught below)
         with safe_open(str(p), framework="np") as f:
             raw_meta = f.metadata() or {}
             names = set(f.keys())
@@ -403,7 +407,7 @@ def load_stats(path: str | os.PathLike[str]) -> VarianceStats:
         raise StatsError(f"{p}: metadata has no 'tracked' field (the list of tracked tensors)")
     try:
         tracked = json.loads(raw_meta["tracked"])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise StatsError(f"{p}: metadata 'tracked' is not valid JSON: {exc}") from exc
     tracked = _check_tracked(tracked, str(p))
     if not np.issubdtype(arrays["step"].dtype, np.integer):

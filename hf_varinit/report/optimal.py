@@ -32,7 +32,7 @@ from hf_varinit.arch import (
     parse_layer_key,
     shape_differences,
 )
-from hf_varinit.errors import HFVarInitError, ReportError, RuleError
+from hf_varinit.errors import ConfigError, HFVarInitError, ReportError, RuleError
 from hf_varinit.init.patch import from_config
 from hf_varinit.init.roles import TensorRole, tracked_shapes
 from hf_varinit.init.rules import Init, InitRule, ModelContext, _check_choice, get_rule, register_rule
@@ -260,7 +260,10 @@ def report_config(report: VarianceReport | str | os.PathLike[str], **overrides: 
     Raises:
         ReportError: the report cannot be loaded or keeps no model config. ConfigError: an unknown override.
     """
-    loaded = report if isinstance(report, VarianceReport) else _load_report(os.fspath(report))
+    loaded = _loaded(report)
+    if "model_type" in overrides:
+        raise ConfigError(f"model_type cannot be overridden (the report was measured on {loaded.model_type!r}); "
+                          "override config entries such as the depth, or build another model with hv.from_config")
     if not loaded.config or loaded.model_type == "unknown":
         raise ReportError(f"{loaded.source_description} keeps no model config, so its architecture is unknown; "
                           "build the model yourself and use hv.from_config(config, rule='optimal:report=...')")
@@ -286,11 +289,30 @@ def from_report(
     Example:
         >>> model = hv.from_report("model_cards/gpt2-12l-tiny-kaiming", seed=0)  # doctest: +SKIP
     """
-    loaded = report if isinstance(report, VarianceReport) else _load_report(os.fspath(report))
+    loaded = _loaded(report)
     rule = {"loaded": report} if isinstance(report, VarianceReport) else {"report": os.fspath(report)}
     config = report_config(loaded, **config_overrides)
-    depth_changed = loaded.n_layer is not None and num_layers(config) != loaded.n_layer
-    return from_config(config, OptimalRule(**rule, allow_depth_interpolation=depth_changed), seed=seed)
+    depth = num_layers(config)
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise ConfigError(f"from_report: a depth of {depth!r} layers is invalid; give a positive number of layers")
+    depth_changed = loaded.n_layer is not None and depth != loaded.n_layer
+    rule = OptimalRule(**rule, allow_depth_interpolation=depth_changed)
+    try:
+        return from_config(config, rule, seed=seed)
+    except ValueError as exc:  # the model refuses the overridden config (e.g. a width its heads do not divide)
+        if isinstance(exc, HFVarInitError) or not config_overrides:
+            raise
+        raise ConfigError(f"from_report: the report's model with {config_overrides} cannot be built: {exc}") from None
+
+
+def _loaded(report: Any) -> VarianceReport:
+    """``report`` loaded (a `VarianceReport` is used as is); a ReportError for anything that is not a source."""
+    if isinstance(report, VarianceReport):
+        return report
+    if not isinstance(report, (str, os.PathLike)):
+        raise ReportError(f"report={reprlib.repr(report)} is not a report: give a VarianceReport, a report folder, a "
+                          "steady_state.json / variance.safetensors file, or a hub id")
+    return _load_report(os.fspath(report))
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ def check_repo_id(repo_id: str) -> str:
     Raises:
         ReportError: naming the id and what is wrong with it.
     """
+    if not isinstance(repo_id, str):
+        raise ReportError(f"{repo_id!r} is not a hub repo id ('name' or 'namespace/name'): not a string")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
@@ -71,9 +73,14 @@ def save_folder(folder: str | os.PathLike[str], write: Callable[[Path], None], *
     Raises:
         ReportError: ``folder`` is a file, or an existing non-empty folder without ``overwrite``.
     """
-    dest = check_destination(folder, overwrite=overwrite)
-    with atomic_folder(dest) as tmp:
-        write(tmp)
+    if not isinstance(folder, (str, os.PathLike)):
+        raise ReportError(f"folder={folder!r} is not a path; give the report folder as a str or Path")
+    try:
+        dest = check_destination(folder, overwrite=overwrite)
+        with atomic_folder(dest) as tmp:
+            write(tmp)
+    except OSError as exc:  # a parent that is a file, no permission, a full disk... (the staging folder is gone)
+        raise ReportError(f"cannot write the report folder {folder}: {exc.strerror or exc}") from exc
     return dest
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import reprlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,12 @@ class VarianceReport:
             license (`str`, *optional*): the card's license (default: the run's, else ``apache-2.0``).
         """
         stats = stats_or_path if isinstance(stats_or_path, VarianceStats) else load_stats(stats_or_path)
+        if isinstance(options, dict):
+            options = AnalysisOptions.from_dict(options)
+        elif options is not None and not isinstance(options, AnalysisOptions):
+            raise ReportError(f"options={options!r} must be an AnalysisOptions (or a dict of its fields)")
+        if isinstance(datasets, str):  # one id, not its characters
+            datasets = [datasets]
         opts = options or AnalysisOptions()
         return cls(
             analyze(stats, opts), options=opts, model_type=stats.model_type, n_layer=stats.n_layer,
@@ -118,14 +125,22 @@ class VarianceReport:
             ReportError: missing or malformed files, a V(W) that is not finite and > 0, a pickle file,
                 or a hub id while the hub is unreachable.
         """
+        if not isinstance(source, (str, os.PathLike)):
+            raise ReportError(f"report source {source!r} is not a folder, a file or a hub id (a str or Path)")
         path = Path(source)
-        if path.is_dir():
+        try:
+            is_dir, is_file = path.is_dir(), path.is_file()
+        except OSError as exc:  # a name too long, no permission...
+            raise ReportError(f"report {reprlib.repr(os.fspath(source))} cannot be read: {exc.strerror or exc}; "
+                              "give a report folder, a steady_state.json / variance.safetensors file, or a hub id"
+                              ) from None
+        if is_dir:
             if (path / STEADY_FILENAME).is_file():
                 return cls._from_json(path / STEADY_FILENAME)
             if (path / STATS_FILENAME).is_file():
                 return cls._from_safetensors(path / STATS_FILENAME)
             raise ReportError(f"{path}: not a variance report (no {STEADY_FILENAME} or {STATS_FILENAME})")
-        if path.is_file():
+        if is_file:
             if path.suffix == ".json":
                 return cls._from_json(path)
             if path.suffix == ".safetensors":
@@ -272,6 +287,12 @@ class VarianceReport:
             ReportError: ``folder`` exists, is not empty and ``overwrite`` is False (nothing is written).
         """
         reference = reference or str(folder)
+        if isinstance(extra_sections, str):
+            extra_sections = [extra_sections]
+        if isinstance(extra_sections, (list, tuple)):
+            extra_sections = list(extra_sections)
+        if not isinstance(extra_sections, list) or not all(isinstance(x, str) for x in extra_sections):
+            raise ReportError(f"extra_sections={extra_sections!r} must be a list of markdown strings")
         return save_folder(folder, lambda tmp: self._write_files(tmp, reference, extra_sections),
                            overwrite=overwrite)
 
