@@ -4,7 +4,8 @@ Each `Architecture` gives the module-name suffixes of a family and their roles (
 `Fused`), and the names of its config attributes (`ConfigNames`). On top of the table:
 
 * config accessors (`num_layers`, `hidden_size`, `num_heads`, `num_kv_heads`) that read a config object or
-  its ``to_dict()`` without naming attributes elsewhere;
+  its ``to_dict()`` without naming attributes elsewhere, and refuse a value that is not a positive integer,
+  naming the field (`check_config_sizes` checks every size entry of a stored config at once);
 * `shape_differences` of two models' tracked tensor shapes (what a variance report must match);
 * `build_config`, the one builder of a config from this project's option names (``n_layer``, ``n_embd``,
   ``n_head``, ...), and `config_from_dict` for a stored config;
@@ -22,7 +23,7 @@ from typing import Any
 from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PretrainedConfig
 
-from hf_varinit.errors import ConfigError
+from hf_varinit.errors import ConfigError, shown
 from hf_varinit.models.mlp import VarInitMLPConfig
 
 FUSED_LAYOUTS = ("blocks", "interleaved")
@@ -45,24 +46,16 @@ class Fused:
 
 @dataclass(frozen=True)
 class ConfigNames:
-    """The config attributes of a transformer family, and what `build_config` derives from them.
+    """The config attributes of a transformer family, and what `build_config` derives from them."""
 
-    Attributes:
-        layers / width / heads / positions / mlp_width: attribute names of depth, hidden size, attention heads,
-            maximum positions and MLP width.
-        kv_heads: the key/value head count of grouped-query attention, or None without it.
-        dropout: every attribute a single ``dropout`` option sets.
-        mlp_ratio: `default_mlp_width` / hidden size, or None to keep the config's own default.
-    """
-
-    layers: str = "num_hidden_layers"
+    layers: str = "num_hidden_layers"  # depth
     width: str = "hidden_size"
     heads: str = "num_attention_heads"
-    positions: str = "max_position_embeddings"
+    positions: str = "max_position_embeddings"  # maximum positions
     mlp_width: str = "intermediate_size"
-    kv_heads: str | None = None
-    dropout: tuple[str, ...] = ()
-    mlp_ratio: float | None = 4.0
+    kv_heads: str | None = None  # key/value heads of grouped-query attention (None: no GQA)
+    dropout: tuple[str, ...] = ()  # every attribute the one ``dropout`` option sets
+    mlp_ratio: float | None = 4.0  # `default_mlp_width` / hidden size (None: keep the config's own default)
 
 
 @dataclass(frozen=True)
@@ -171,12 +164,42 @@ def _text_config(config: Config) -> Config:
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+MAX_SIZE = 2**31 - 1  # no model dimension is larger; torch cannot even allocate meta tensors of 2**63
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` of the config field ``name`` if it is an integer in [1, MAX_SIZE]; else a ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE:
+        raise ConfigError(f"config field {name}={shown(value)} is invalid: it must be a positive integer (at most "
+                          f"2**31 - 1); fix the config, e.g. {name}=12")
+    return value
+
+
 def _first_int(config: Config, names: tuple[str, ...]) -> int | None:
     for name in names:
         value = config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if value is not None:  # named as the config stores it (GPT-2's num_hidden_layers is n_layer)
+            return positive_int(getattr(config, "attribute_map", {}).get(name, name), value)
     return None
+
+
+# Config entries that are sizes (positive integers) wherever a config sets them: checked in stored configs.
+SIZE_KEYS = (*_LAYER_NAMES, *_WIDTH_NAMES, *_HEAD_NAMES, *_KV_HEAD_NAMES, "vocab_size", "n_positions",
+             "max_position_embeddings", "intermediate_size", "n_inner", "head_dim", "input_size")
+
+
+def check_config_sizes(config: Config) -> None:
+    """A ConfigError naming the first size entry (`SIZE_KEYS`, ``hidden_sizes``) that is not a positive integer."""
+    values = config.to_dict() if hasattr(config, "to_dict") else config
+    for name in SIZE_KEYS:
+        if values.get(name) is not None:
+            positive_int(name, values[name])
+    sizes = values.get("hidden_sizes", [1])  # the MLP's widths
+    if not isinstance(sizes, (list, tuple)) or not sizes:
+        raise ConfigError(f"config field hidden_sizes={shown(sizes)} is invalid: it must be a non-empty list of "
+                          "positive integers, e.g. hidden_sizes=[128, 128]")
+    for i, size in enumerate(sizes):
+        positive_int(f"hidden_sizes[{i}]", size)
 
 
 def num_layers(config: Config) -> int | None:
@@ -269,17 +292,9 @@ def default_mlp_width(model_type: str, width: int) -> int | None:
 
 
 def build_config(
-    model_type: str,
-    *,
-    n_layer: int | None = None,
-    n_embd: int | None = None,
-    n_head: int | None = None,
-    n_kv_heads: int | None = None,
-    intermediate_size: int | None = None,
-    vocab_size: int | None = None,
-    n_positions: int | None = None,
-    dropout: float | None = None,
-    **extra: Any,
+    model_type: str, *, n_layer: int | None = None, n_embd: int | None = None, n_head: int | None = None,
+    n_kv_heads: int | None = None, intermediate_size: int | None = None, vocab_size: int | None = None,
+    n_positions: int | None = None, dropout: float | None = None, **extra: Any,
 ) -> PretrainedConfig:
     """A config of ``model_type`` from this project's option names; an option left None keeps the config's default.
 
@@ -294,7 +309,7 @@ def build_config(
         extra: passed to the config as is (``bos_token_id``, ``num_labels``, ``input_size``...).
 
     Raises:
-        ConfigError: a model type without a builder, or an option that does not apply to it.
+        ConfigError: no builder for the type, an option that does not apply to it, or a value it refuses.
 
     Example:
         >>> build_config("llama", n_layer=2, n_embd=64, n_head=4, n_kv_heads=2).num_key_value_heads
@@ -308,17 +323,25 @@ def build_config(
     if unknown:
         raise ConfigError(f"{', '.join(unknown)} do(es) not apply to model_type {model_type!r}; "
                           f"its options: {', '.join(valid)}")
-    if model_type == VarInitMLPConfig.model_type:
-        default = VarInitMLPConfig().hidden_sizes
-        width = n_embd if n_embd is not None else default[0]
-        return VarInitMLPConfig(hidden_sizes=[width] * (n_layer if n_layer is not None else len(default)), **extra)
-    names = ARCHITECTURES[model_type].config
-    kwargs = {names.layers: n_layer, names.width: n_embd, names.heads: n_head, names.mlp_width: intermediate_size,
-              "vocab_size": vocab_size, names.positions: n_positions}
-    if names.kv_heads:
-        kwargs[names.kv_heads] = n_kv_heads
-    kwargs.update(dict.fromkeys(names.dropout, dropout))
-    return AutoConfig.for_model(model_type, **{k: v for k, v in kwargs.items() if v is not None}, **extra)
+    for name, value in given.items():
+        if value is not None and name != "dropout":
+            positive_int(name, value)
+    try:
+        if model_type == VarInitMLPConfig.model_type:
+            default = VarInitMLPConfig().hidden_sizes
+            width = n_embd if n_embd is not None else default[0]
+            return VarInitMLPConfig(hidden_sizes=[width] * (n_layer if n_layer is not None else len(default)), **extra)
+        names = ARCHITECTURES[model_type].config
+        kwargs = {names.layers: n_layer, names.width: n_embd, names.heads: n_head, names.mlp_width: intermediate_size,
+                  "vocab_size": vocab_size, names.positions: n_positions}
+        if names.kv_heads:
+            kwargs[names.kv_heads] = n_kv_heads
+        kwargs.update(dict.fromkeys(names.dropout, dropout))
+        return AutoConfig.for_model(model_type, **{k: v for k, v in kwargs.items() if v is not None}, **extra)
+    except (ValueError, TypeError, ArithmeticError, StrictDataclassError) as exc:  # e.g. heads that do not divide
+        chosen = {k: v for k, v in {**given, **extra}.items() if v is not None}
+        raise ConfigError(f"cannot build a {model_type} config from {shown(chosen, 300)}: "
+                          f"{shown(' '.join(str(exc).split()), 400)[1:-1]}") from None
 
 
 # Entries of a saved config that describe the file, not the model.
@@ -375,24 +398,8 @@ def parse_layer_key(key: str) -> tuple[int | None, str]:
 
 
 __all__ = [
-    "ARCHITECTURES",
-    "ENCODER_TYPES",
-    "Architecture",
-    "ConfigNames",
-    "Fused",
-    "build_config",
-    "config_differences",
-    "config_from_dict",
-    "config_options",
-    "default_mlp_width",
-    "get_architecture",
-    "hidden_size",
-    "is_known_architecture",
-    "layer_key",
-    "num_heads",
-    "num_kv_heads",
-    "num_layers",
-    "parse_layer_key",
-    "shape_differences",
-    "shape_signature",
+    "ARCHITECTURES", "ENCODER_TYPES", "SIZE_KEYS", "Architecture", "ConfigNames", "Fused", "build_config",
+    "check_config_sizes", "config_differences", "config_from_dict", "config_options", "default_mlp_width",
+    "get_architecture", "hidden_size", "is_known_architecture", "layer_key", "num_heads", "num_kv_heads", "num_layers",
+    "parse_layer_key", "positive_int", "shape_differences", "shape_signature",
 ]

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from hf_varinit.errors import ConfigError, NonFiniteLossError, ReportError
+from hf_varinit.init.patch import init_plan
+from hf_varinit.init.roles import tracked_shapes
 from hf_varinit.io_utils import atomic_write_json, atomic_write_text, commit_folder, json_safe, staging_folder
 from hf_varinit.report import optimal  # noqa: F401  (registers the optimal rule that every round after the first uses)
 from hf_varinit.report.report import VarianceReport
@@ -42,7 +44,7 @@ from hf_varinit.report.tables import markdown_table
 from hf_varinit.train.pilot import lm_pilot_factory
 
 __all__ = ["PILOT_FACTORIES", "CalibrationResult", "PilotFactory", "calibrate", "calibrate_pilot",
-           "check_output", "register_pilot_factory"]
+           "check_output", "register_pilot_factory", "scaled_rule", "start_table"]
 
 # settings -> (build_model(rule) -> model, pilot(model) -> VarianceStats, metadata for the card)
 PilotFactory = Callable[[Any], tuple[Callable[[Any], Any], Callable[[Any], Any], dict]]
@@ -172,6 +174,27 @@ Pilot settings:
 {regen}"""
 
 
+def scaled_rule(model: Any, rule: str | dict, scale: float) -> str | dict:
+    """``rule`` with every tracked tensor's variance multiplied by ``scale`` (an ``optimal`` variance table with
+    ``rule`` as the fallback for the rest); ``rule`` itself when ``scale`` is 1.
+
+    Raises:
+        ConfigError: ``scale`` is not a finite number > 0, or ``rule`` gives a tracked tensor no std.
+    """
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (scale > 0 and math.isfinite(scale)):
+        raise ConfigError(f"start scale {scale!r} must be a finite number > 0, e.g. 0.5, 1 or 2")
+    if scale == 1:
+        return rule
+    tracked = tracked_shapes(model)
+    stds = {row.key: row.std for row in init_plan(model, rule) if row.key in tracked}
+    missing = [k for k in tracked if not stds.get(k)]
+    if missing:
+        raise ConfigError(f"start scale {scale:g}: rule {rule!r} gives {missing[0]!r} no std to scale; start from a "
+                          "rule with a std per tensor, e.g. kaiming")
+    return {"name": "optimal", "variances": {k: scale * v * v for k, v in stds.items()},
+            **({"fallback": rule} if isinstance(rule, str) else {})}
+
+
 def calibrate(
     build_model: Callable[[Any], Any],
     pilot: Callable[[Any], Any],
@@ -179,6 +202,7 @@ def calibrate(
     rounds: int = 4,
     tol: float = 0.05,
     initial_rule: str | dict = "kaiming",
+    start_scale: float = 1.0,
     options: AnalysisOptions | None = None,
     log: Callable[[str], None] | None = None,
 ) -> CalibrationResult:
@@ -191,6 +215,7 @@ def calibrate(
         rounds (`int`): the most pilot runs.
         tol (`float`): convergence threshold on the max relative change over keys.
         initial_rule (`str | dict`): the init of round 0.
+        start_scale (`float`): round 0 at ``initial_rule`` with every tracked variance times this (`scaled_rule`).
         options (`AnalysisOptions`): steady-state analysis settings (V(W) = window mean of ``options.stat``).
 
     Returns:
@@ -206,7 +231,7 @@ def calibrate(
         raise ConfigError(f"calibrate: tol={tol!r} must be a number > 0, e.g. 0.05")
     options = options or AnalysisOptions()
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    rule: Any = initial_rule
+    rule: Any = scaled_rule(build_model(initial_rule), initial_rule, start_scale) if start_scale != 1 else initial_rule
     previous: dict[str, float] | None = None
     history: list[dict] = []
     stats = None
@@ -285,6 +310,7 @@ def calibrate_pilot(
     rounds: int = 4,
     tol: float = 0.05,
     initial_rule: str | dict = "kaiming",
+    start_scale: float = 1.0,
     options: AnalysisOptions | None = None,
     output: str | Path | None = None,
     overwrite: bool = False,
@@ -298,7 +324,7 @@ def calibrate_pilot(
         model (`str`): a name of `PILOT_FACTORIES` (``gpt2``, ``llama``; ``mlp`` once
             `hf_varinit.studies.calibrate_mlp` is imported; more with `register_pilot_factory`).
         settings (`Any`): the pilot's settings as attributes, passed to its factory.
-        rounds, tol, initial_rule, options, log: as for `calibrate`.
+        rounds, tol, initial_rule, start_scale, options, log: as for `calibrate`.
         output (`str` or `Path`, *optional*): the report folder; title and command go into its card.
         overwrite (`bool`): replace ``output`` if it exists.
 
@@ -316,10 +342,25 @@ def calibrate_pilot(
                           "(register one with hf_varinit.calibrate.register_pilot_factory)")
     build_model, pilot, metadata = PILOT_FACTORIES[model](settings)
     t0 = time.perf_counter()
-    result = calibrate(build_model, pilot, rounds=rounds, tol=tol, initial_rule=initial_rule, options=options,
-                       log=log)
-    result.metadata = {**metadata, "initial_rule": str(initial_rule), "rounds_max": rounds,
+    result = calibrate(build_model, pilot, rounds=rounds, tol=tol, initial_rule=initial_rule,
+                       start_scale=start_scale, options=options, log=log)
+    result.metadata = {**metadata, "initial_rule": str(initial_rule), "start_scale": start_scale, "rounds_max": rounds,
                        "wall_seconds": round(time.perf_counter() - t0, 1)}
     if output:
         result.save(output, title=title, command=command, overwrite=overwrite)
     return result
+
+
+def start_table(results: Mapping[float, CalibrationResult]) -> str:
+    """Calibrated V(W) per tracked key (rows) for each start scale (columns), with the spread max/min per key."""
+    scales = list(results)
+    keys = list(next(iter(results.values())).variances)
+    rows = []
+    for k in keys:
+        values = [results[s].variances[k] for s in scales]
+        rows.append({"key": f"`{k}`", **{f"x{s:g}": v for s, v in zip(scales, values)},
+                     "spread": max(values) / min(values)})
+    rows.append({"key": "converged", **{f"x{s:g}": f"{results[s].converged} ({len(results[s].history)} rounds)"
+                                        for s in scales}, "spread": ""})
+    return markdown_table(rows, ["key", *(f"x{s:g}" for s in scales), "spread"],
+                          ["tensor", *(f"start {s:g} × init variance" for s in scales), "max / min over starts"])

@@ -1,4 +1,4 @@
-"""The library's own error types: every user-facing failure is one of these."""
+"""The library's own error types: every user-facing failure is one of these (and `shown`, to name a value in one)."""
 
 
 class HFVarInitError(Exception):
@@ -31,3 +31,20 @@ class ConfigError(HFVarInitError, ValueError):
 
 class NonFiniteLossError(HFVarInitError, RuntimeError):
     """Training produced a NaN or infinite loss."""
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters (the middle elided), for one-line error messages.
+
+    Example:
+        >>> shown("a" * 1000, limit=20)
+        "'aaaaaaa...aaaaaaa'"
+    """
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<{type(value).__name__}>"
+    if len(text) <= limit:
+        return text
+    half = max(1, (limit - 3) // 2)
+    return text[:half] + "..." + text[-half:]

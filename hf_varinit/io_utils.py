@@ -22,9 +22,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from hf_varinit.errors import HFVarInitError, shown
+
 __all__ = [
-    "atomic_folder", "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-    "commit_folder", "current_umask", "json_safe", "staging_folder",
+    "JsonChecker", "atomic_folder", "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json",
+    "atomic_write_text", "blocking_file", "commit_folder", "current_umask", "json_safe", "staging_folder",
 ]
 
 
@@ -120,6 +122,75 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def blocking_file(path: str | os.PathLike[str]) -> Path | None:
+    """The first existing ancestor of ``path`` that is not a folder (so ``path`` cannot be created), or None."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float that converts to a float (NaN and infinity are numbers here; their meaning is judged later)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        float(value)
+    except OverflowError:  # an int past float range
+        return False
+    return True
+
+
+class JsonChecker:
+    """Type checks of the fields of a parsed JSON document (a file format's schema, written as explicit checks).
+
+    The first bad field raises ``error`` naming where the document came from, the field's path, its value and what
+    it should be: ``steady_state.json: tensors['layers.0.q'].v_w is 'abc'; expected a number or null``.
+
+    Args:
+        where (`str`): the document, as messages name it (its path).
+        error (`type[HFVarInitError]`): the error raised (StatsError, ReportError...).
+    """
+
+    # kind -> (test, what the message says the field should be); `field` also accepts null for every kind
+    KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "str": (lambda v: isinstance(v, str), "a string"),
+        "bool": (lambda v: isinstance(v, bool), "true or false"),
+        "number": (_is_number, "a number"),
+        "int": (_is_int, "an integer"),
+        "index": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        "count": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "object": (lambda v: isinstance(v, dict), "a JSON object"),
+        "strings": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+        "window": (lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(x) for x in v),
+                   "[start_step, end_step] (two integers)"),
+    }
+
+    def __init__(self, where: str, error: type[HFVarInitError]):
+        self.where, self.error = where, error
+
+    def fail(self, path: str, value: Any, expected: str) -> None:
+        """Raise the error: ``<where>: <path> is <value>; expected <expected>``."""
+        raise self.error(f"{self.where}: {path} is {shown(value)}; expected {expected}")
+
+    def field(self, obj: dict, name: str, kind: str, path: str | None = None) -> Any:
+        """``obj[name]`` (None when absent) if it is null or of ``kind``; else `fail` naming ``path``."""
+        value = obj.get(name)
+        test, expected = self.KINDS[kind]
+        if value is not None and not test(value):
+            self.fail(path or name, value, f"{expected} or null")
+        return value
+
+    def fields(self, obj: dict, kinds: dict[str, str], prefix: str = "") -> None:
+        """`field` for every ``name: kind`` of ``kinds``; paths are ``prefix + name``."""
+        for name, kind in kinds.items():
+            self.field(obj, name, kind, prefix + name)
 
 
 def staging_folder(dest: str | os.PathLike[str], *, name: str | None = None) -> Path:

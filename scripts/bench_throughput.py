@@ -1,18 +1,30 @@
-"""Tokens/s of the hf_varinit pretraining loop (recording every 10 steps) vs `transformers.Trainer`.
+"""Tokens/s and peak memory of the hf_varinit pretraining loop (recording every 10 steps) vs `transformers.Trainer`.
 
-Same model (GPT-2, built with the same rule and seed), same packed data, same batch, optimizer
-(AdamW, clip 1.0), warmup + cosine schedule and number of steps, both on CPU in this one process
-with the same thread count. Throughput is measured over the steps after ``--skip`` warmup steps, from
-step-end timestamps, so start-up, data loading and the final save are not counted for either.
+Same model (a 12-layer GPT-2 of the config, built with the same rule and seed), same packed data, batch,
+optimizer (AdamW, clip 1.0), warmup + cosine schedule and number of steps, on CPU, same thread count. Each side
+runs in its own subprocess (so its peak RSS, ``ru_maxrss``, is its own); sides, sizes and compile settings are
+interleaved round by round, the side that goes first alternating. A run's throughput is its median step after
+``--skip`` warmup steps (the compiling first step is one of them), from step-end timestamps: ours from the
+per-step metrics lines (``--log-every 1``), the Trainer's from a callback. Reported per setting: the median over
+the rounds, the spread (min..max), the ratio of the medians and the median of the per-round ratios (the two sides
+of a round run back to back, so a slow spell on a shared machine hits both), the compile time (the first step) and
+the peak RSS of each side.
 
-    python scripts/bench_throughput.py                  # 12 layers, n_embd 128, batch 8 x 128, 60 steps
+    python scripts/bench_throughput.py                          # 5 rounds, n_embd 128 and 256, compile off and on
+    python scripts/bench_throughput.py --rounds 5 --steps 8 --skip 3 --n-embd 128 256 --compile off on
+    python scripts/bench_throughput.py --profile ours --n-embd 128  # cProfile of one run of the loop, top 25
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,10 +43,15 @@ from hf_varinit.train.build import build_model_config, load_data  # noqa: E402
 from hf_varinit.train.loop import run_pretrain  # noqa: E402
 from hf_varinit.train.options import parse_options  # noqa: E402
 
+SIDES = ("ours", "trainer")
+
 
 class StepTimes(TrainerCallback):
     def __init__(self):
-        self.times: list[float] = []
+        self.times: list[float] = [time.perf_counter()]
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.times = [time.perf_counter()]
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter())
@@ -51,65 +68,138 @@ class Blocks(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def bench_ours(argv: list[str], work: Path, steps: int, skip: int) -> tuple[float, float]:
-    """(tokens/s over the measured steps, tokens/s of the median step)."""
+def run_ours(argv: list[str], work: Path, compile: bool) -> tuple[list[float], float | None]:
+    """Seconds of each step 1..steps-1 (the last step's line also holds the final eval and is left out), and the
+    compile time (the first step, which the loop leaves out of its tokens/s)."""
     out = work / "ours"
     options = parse_options([*argv, "--output-dir", str(out), "--log-every", "1", "--record-every", "10",
-                             "--eval-every", "none", "--checkpoint-every", "none"])
-    run_pretrain(options)
+                             "--eval-every", "none", "--eval-batches", "1", "--checkpoint-every", "none",
+                             "--disable-tqdm", *(["--compile"] if compile else [])])
+    result = run_pretrain(options)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    # each line covers one step; the last line also holds the final eval and is left out
-    window = [x for x in lines if skip < x["step"] < steps]
     tokens_per_step = options.training.batch_size * options.model.block_size
-    per_step = [tokens_per_step / x["tokens_per_s"] for x in window]
-    return len(per_step) * tokens_per_step / sum(per_step), tokens_per_step / statistics.median(per_step)
+    return [tokens_per_step / x["tokens_per_s"] for x in lines[:-1]], result.compile_s
 
 
-def bench_trainer(argv: list[str], work: Path, steps: int, skip: int) -> tuple[float, float]:
+def run_trainer(argv: list[str], work: Path, compile: bool) -> tuple[list[float], float | None]:
+    """Seconds of each step 1..steps-1, as for ours (the first one compiles)."""
     options = parse_options(argv)
     t, m = options.training, options.model
     data = load_data(options)
     model = from_config(build_model_config(m, data.tokenizer), rule=t.init, seed=t.seed)
     args = TrainingArguments(
-        output_dir=str(work / "trainer"), max_steps=steps, per_device_train_batch_size=t.batch_size,
+        output_dir=str(work / "trainer"), max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
         learning_rate=t.lr, warmup_steps=t.warmup_steps, lr_scheduler_type="cosine", optim="adamw_torch",
         adam_beta2=0.95, weight_decay=t.weight_decay, max_grad_norm=t.grad_clip or 0.0, logging_steps=10,
         save_strategy="no", eval_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=t.seed,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, torch_compile=compile,
     )
     timer = StepTimes()
     trainer = Trainer(model=model, args=args, train_dataset=Blocks(data.train[:]["input_ids"]), callbacks=[timer])
     trainer.train()
-    tokens_per_step = t.batch_size * m.block_size
-    per_step = np.diff(timer.times[skip - 1 : steps - 1])  # steps skip+1 .. steps-1, as for ours
-    return len(per_step) * tokens_per_step / per_step.sum(), tokens_per_step / float(np.median(per_step))
+    times = np.diff(timer.times)[: t.max_steps - 1].tolist()
+    return times, times[0] if compile else None
+
+
+def child(args: argparse.Namespace) -> int:
+    """One side, one setting: write its step times, compile time and peak RSS as JSON."""
+    argv = ["--config", args.config, "--n-embd", str(args.n_embd), "--max-steps", str(args.steps),
+            "--warmup-steps", "5", "--max-chars", str(args.max_chars),
+            *(["--cache-dir", args.cache_dir] if args.cache_dir else [])]
+    run = run_ours if args.side == "ours" else run_trainer
+    with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
+        if args.profile:
+            profiler = cProfile.Profile()
+            times, compile_s = profiler.runcall(run, argv, Path(tmp), args.compile == "on")
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+            print(text.getvalue())
+        else:
+            times, compile_s = run(argv, Path(tmp), args.compile == "on")
+    measured = statistics.median(times[args.skip:])
+    options = parse_options(argv)
+    result = {"side": args.side, "n_embd": args.n_embd, "compile": args.compile, "step_s": measured,
+              "first_step_s": compile_s if compile_s is not None else times[0],
+              "tokens_per_s": options.training.batch_size * options.model.block_size / measured,
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+              "steps_measured": len(times[args.skip:])}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result))
+    print(json.dumps(result))
+    return 0
+
+
+def spawn(args: argparse.Namespace, side: str, n_embd: int, compile: str, json_path: Path) -> dict:
+    cmd = [sys.executable, __file__, "--side", side, "--n-embd", str(n_embd), "--compile", compile, "--config",
+           args.config, "--steps", str(args.steps), "--skip", str(args.skip), "--json", str(json_path),
+           "--max-chars", str(args.max_chars), *(["--cache-dir", args.cache_dir] if args.cache_dir else [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{side} n_embd={n_embd} compile={compile} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(json_path.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="gpt2-12l-tiny", help="YAML path or bundled config name")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--skip", type=int, default=5, help="warmup steps left out of the measurement")
-    parser.add_argument("--rounds", type=int, default=1, help="alternate ours/Trainer this many times")
+    parser.add_argument("--config", default="gpt2-12l-tiny", help="YAML path or bundled config name (12 layers)")
+    parser.add_argument("--n-embd", type=int, nargs="+", default=[128, 256], help="model widths")
+    parser.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off", "on"],
+                        help="torch.compile settings (both sides: --compile / Trainer's torch_compile=True)")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--skip", type=int, default=3, help="warmup steps left out (the compiling step among them)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--max-chars", type=int, default=300_000, help="text to train the tokenizer on and pack")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no new round after this many seconds (the rounds done are reported)")
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # a child process: one side, one setting
+    parser.add_argument("--json", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", choices=SIDES, help="cProfile one run of this side (first --n-embd, --compile)")
     args = parser.parse_args(argv)
-    common = ["--config", args.config, "--max-steps", str(args.steps), "--warmup-steps", "5"]
-    if args.cache_dir:
-        common += ["--cache-dir", args.cache_dir]
-    ours, theirs = [], []
+    if args.profile:
+        args.side, args.n_embd, args.compile = args.profile, args.n_embd[0], args.compile[0]
+    if args.side:
+        if isinstance(args.n_embd, list):
+            args.n_embd = args.n_embd[0]
+        if isinstance(args.compile, list):
+            args.compile = args.compile[0]
+        return child(args)
+    results: list[dict] = []
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
         for r in range(args.rounds):
-            work = Path(tmp) / f"round{r}"
-            ours.append(bench_ours(common, work, args.steps, args.skip))
-            theirs.append(bench_trainer(common, work, args.steps, args.skip))
-    o, t = max(x[0] for x in ours), max(x[0] for x in theirs)
-    om, tm = max(x[1] for x in ours), max(x[1] for x in theirs)
-    print(f"\n{torch.get_num_threads()} threads, {args.steps} steps, measured steps {args.skip + 1}..{args.steps - 1}")
-    print(f"hf_varinit loop (record every 10): {o:8.0f} tokens/s overall, {om:8.0f} at the median step  "
-          f"(rounds: {[(round(a), round(b)) for a, b in ours]})")
-    print(f"transformers.Trainer:              {t:8.0f} tokens/s overall, {tm:8.0f} at the median step  "
-          f"(rounds: {[(round(a), round(b)) for a, b in theirs]})")
-    print(f"ratio: {o / t:.3f}x Trainer overall (best round each), {om / tm:.3f}x at the median step")
+            if args.budget_s and r and time.perf_counter() - started > args.budget_s:
+                print(f"budget of {args.budget_s:.0f} s spent: {r} rounds done", flush=True)
+                break
+            for n_embd in args.n_embd:
+                for compile in args.compile:
+                    for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+                        result = spawn(args, side, n_embd, compile, Path(tmp) / f"{side}.json")
+                        results.append({**result, "round": r})
+                        print(f"round {r} n_embd {n_embd} compile {compile} {side:8s} "
+                              f"{result['tokens_per_s']:8.0f} tokens/s  first step {result['first_step_s']:6.1f} s  "
+                              f"peak RSS {result['peak_rss_mib']:6.0f} MiB", flush=True)
+    rounds = 1 + max(x["round"] for x in results)
+    print(f"\n{rounds} rounds, {args.steps} steps each, median step of steps {args.skip + 1}..{args.steps - 1}, "
+          f"{torch.get_num_threads()} threads, {time.perf_counter() - started:.0f} s in all")
+    print(f"{'n_embd':>6} {'compile':>7} {'side':>8} {'median tok/s':>12} {'min..max':>15} {'first step s':>13} "
+          f"{'peak RSS MiB':>12}")
+    for n_embd in args.n_embd:
+        for compile in args.compile:
+            medians = {}
+            for side in SIDES:
+                rows = [x for x in results if (x["side"], x["n_embd"], x["compile"]) == (side, n_embd, compile)]
+                rates = [x["tokens_per_s"] for x in rows]
+                medians[side] = statistics.median(rates)
+                first = statistics.median(x["first_step_s"] for x in rows)
+                spread = f"{min(rates):.0f}..{max(rates):.0f}"
+                print(f"{n_embd:>6} {compile:>7} {side:>8} {medians[side]:>12.0f} {spread:>15} {first:>13.1f} "
+                      f"{max(x['peak_rss_mib'] for x in rows):>12.0f}")
+            rate = {(x["round"], x["side"]): x["tokens_per_s"] for x in results
+                    if (x["n_embd"], x["compile"]) == (n_embd, compile)}
+            paired = [rate[r, "ours"] / rate[r, "trainer"] for r in {x["round"] for x in results}]
+            print(f"{'':>6} {'':>7} {'ratio':>8} {medians['ours'] / medians['trainer']:>12.3f}x Trainer (medians); "
+                  f"per round {statistics.median(paired):.3f}x median, {min(paired):.2f}..{max(paired):.2f}")
     return 0
 
 

@@ -1,14 +1,24 @@
-"""Check `moments.var_mean` on a real FSDP2 run: sharded statistics == statistics of the gathered weights.
+"""Check the statistics on a real FSDP2 run: sharded statistics == statistics of the gathered weights.
 
 Launch with 2 (or more) CPU processes, gloo:
 
     MASTER_ADDR=127.0.0.1 python -m torch.distributed.run --nproc_per_node 2 scripts/fsdp_check.py --out DIR
+    MASTER_ADDR=127.0.0.1 python -m torch.distributed.run --nproc_per_node 2 scripts/fsdp_check.py --out DIR \
+        --check callback
+
+``--check moments`` (the default):
 
 For a tiny GPT-2 (odd vocab: uneven ``wte`` shards; ``c_attn`` Q/K/V column slices and row-sliced bias)
 and a tiny GPT-NeoX (interleaved Q/K/V whose per-head blocks straddle the shard boundary), it wraps every
 block and the root in ``fully_shard``, takes one AdamW step, then compares `moments.var_mean` over every
 role entry (tracked weights, biases, norms) with float64 ``var_mean`` of ``full_tensor()`` weights.
 Each rank writes ``DIR/rank{r}.json``; rank 0 prints a summary. Exit status 1 if any entry is off.
+
+``--check callback``: `VarianceCallback` on a ``fully_shard`` GPT-2, its hooks called on every rank in the order
+and with the arguments `transformers.Trainer` uses (real `TrainingArguments`, `TrainerState`, `TrainerControl`;
+the Trainer itself would wrap the sharded model in DDP on CPU), 4 AdamW steps, a checkpoint at step 2. Each
+rank writes ``DIR/callback_rank{r}.json``: its records, how often it wrote a file, and the statistics of the
+gathered final weights; the callback writes ``DIR/trainer/variance.safetensors``.
 """
 
 from __future__ import annotations
@@ -25,10 +35,21 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM  # noqa: E402
+from transformers import (  # noqa: E402
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 
+from hf_varinit import from_config  # noqa: E402
 from hf_varinit.init.roles import get_roles, iter_roles  # noqa: E402
+from hf_varinit.record.callback import VarianceCallback  # noqa: E402
 from hf_varinit.record.moments import is_sharded, rebind, var_mean  # noqa: E402
+from hf_varinit.record.recorder import VarianceRecorder  # noqa: E402
 
 VOCAB = 101  # odd: the embedding's rows do not split evenly over 2 ranks
 
@@ -60,8 +81,8 @@ def build(name: str) -> tuple[torch.nn.Module, list, dict]:
     return model, roles, info
 
 
-def train_step(model: torch.nn.Module) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> float:
+    opt = opt or torch.optim.AdamW(model.parameters(), lr=1e-2)
     torch.manual_seed(1 + dist.get_rank())  # different data per rank, as in real data-parallel training
     ids = torch.randint(0, VOCAB, (2, 12))
     loss = model(input_ids=ids, labels=ids).loss
@@ -123,20 +144,70 @@ def check(name: str) -> dict:
     }
 
 
+def check_callback(out: Path, steps: int = 4, save_at: int = 2) -> dict:
+    """Drive `VarianceCallback` through a sharded run as `Trainer` would; return this rank's view of it."""
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=16, bos_token_id=0,
+                        eos_token_id=0)
+    model = from_config(config, "gpt2", seed=0)
+    init = VarianceRecorder(model).compute().tolist()  # the unsharded init, the same on every rank
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+    args = TrainingArguments(output_dir=str(out / "trainer"), max_steps=steps, per_device_train_batch_size=2,
+                             use_cpu=True, report_to=[], save_steps=save_at, disable_tqdm=True, seed=0)
+    state, control = TrainerState(max_steps=steps), TrainerControl()
+    state.is_world_process_zero, state.is_local_process_zero = args.process_index == 0, args.local_process_index == 0
+    writes = []  # the files this rank writes: every `VarianceRecorder.save` call is counted
+    original_save = VarianceRecorder.save
+
+    def counted_save(self, path, *rest, **kwargs):
+        writes.append(str(path))
+        return original_save(self, path, *rest, **kwargs)
+
+    VarianceRecorder.save = counted_save
+    callback = VarianceCallback(every=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    callback.on_train_begin(args, state, control, model=model)
+    for _ in range(steps):
+        callback.on_step_begin(args, state, control)
+        train_step(model, optimizer)
+        state.global_step += 1
+        callback.on_step_end(args, state, control)
+        if state.global_step % save_at == 0:
+            (out / "trainer" / f"checkpoint-{state.global_step}").mkdir(parents=True, exist_ok=True)
+            callback.on_save(args, state, control)
+    callback.on_train_end(args, state, control)
+    VarianceRecorder.save = original_save
+    entries = callback.recorder.entries if callback.recorder is not None else rebind(
+        [e for e, _ in VarianceRecorder(model).entries], model)
+    return {"rank": dist.get_rank(), "world_size": dist.get_world_size(), "writes": writes,
+            "records": callback.recorder.arrays()["var"].tolist() if callback.recorder else None,
+            "steps": callback.recorder.steps if callback.recorder else None, "init": init,
+            "keys": [e.key for e, _ in entries], "is_sharded": is_sharded(entries),
+            "reference": reference(entries).tolist()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for rank{r}.json")
     parser.add_argument("--tol", type=float, default=1e-6, help="relative tolerance")
+    parser.add_argument("--check", choices=("moments", "callback"), default="moments")
     args = parser.parse_args()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     try:
-        result = {"world_size": dist.get_world_size(), "models": {n: check(n) for n in ("gpt2", "gpt_neox")}}
+        if args.check == "callback":
+            result = check_callback(out)
+        else:
+            result = {"world_size": dist.get_world_size(), "models": {n: check(n) for n in ("gpt2", "gpt_neox")}}
         dist.barrier()  # no rank tears gloo down while another still has work in flight
     finally:
         dist.destroy_process_group()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if args.check == "callback":
+        (out / f"callback_rank{rank}.json").write_text(json.dumps(result))
+        return 0
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     ok = all(m["max_rel_err"] <= args.tol and m["all_reduce_calls"] == 1 for m in result["models"].values())
     if rank == 0:

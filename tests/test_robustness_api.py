@@ -44,6 +44,11 @@ def _hidden(folder):
 def test_tiny_trunc_normal_cutoff_plans_and_samples(cutoff, tiny_model):
     # was: ValueError 'math domain error' at plan time (1e-8, 1e-300), and a resampling loop that never ends
     factor = truncated_std_factor(cutoff)
+    if cutoff < 1e-30:  # std 0.02 truncated there draws values that float32 rounds to 0: refused, naming both
+        with pytest.raises(RuleError, match="cutoff=1e-300"):
+            hv.get_rule(f"trunc_normal:cutoff={cutoff}")
+        assert math.isclose(factor, cutoff / math.sqrt(3), rel_tol=1e-6)
+        return
     assert factor > 0 and math.isclose(factor, cutoff / math.sqrt(3), rel_tol=1e-6)
     rows = hv.init_plan(tiny_model, f"trunc_normal:cutoff={cutoff}")
     assert all(r.std is None or r.std > 0 for r in rows)
@@ -208,8 +213,8 @@ def test_from_stats_options_and_datasets():
 @pytest.mark.parametrize("overrides, error, match", [
     ({"model_type": "llama"}, ConfigError, "model_type cannot be overridden"),  # was: TypeError
     ({"n_layer": "x"}, ConfigError, "n_layer"),  # was: StrictDataclassFieldValidationError
-    ({"n_layer": 0}, ConfigError, "depth of 0"),  # was: a model with no layers, silently
-    ({"n_layer": -1}, ConfigError, "depth of -1"),
+    ({"n_layer": 0}, ConfigError, "n_layer=0 is invalid"),  # was: a model with no layers, silently
+    ({"n_layer": -1}, ConfigError, "n_layer=-1 is invalid"),
     ({"n_head": 3}, ConfigError, "n_head"),  # was: ValueError from the model's constructor
 ])
 def test_from_report_bad_overrides(overrides, error, match):
@@ -236,3 +241,50 @@ def test_errors_are_one_line():
         hv.from_report(BUNDLED, n_layer="x")
     assert "\n" not in str(info.value)
     assert os.linesep not in str(info.value)
+
+
+# --- config sizes, checkpoints, output paths (issue: every input works or gets the library's one-line error) ---
+@pytest.mark.parametrize("model_type, options, field", [
+    ("gpt2", {"n_embd": 0}, "n_embd=0"),  # was: ZeroDivisionError building the model
+    ("bert", {"n_head": 0}, "n_head=0"),  # was: ZeroDivisionError in the config's own check
+    ("qwen2", {"n_layer": -5}, "n_layer=-5"),  # was: StrictDataclassClassValidationError
+    ("gpt2", {"n_embd": 10**20}, "n_embd=100000000000000000000"),  # was: TypeError from torch.empty
+    ("gpt2", {"n_head": True}, "n_head=True"),
+])
+def test_build_config_refuses_sizes_that_are_not_positive_integers(model_type, options, field):
+    from hf_varinit.arch import build_config
+
+    with pytest.raises(ConfigError, match=field) as info:
+        build_config(model_type, **options)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["abc", "128px", float("inf"), [128], 0, -1, True])
+def test_config_accessors_name_a_bad_field(value):
+    from hf_varinit.arch import check_config_sizes, hidden_size
+
+    with pytest.raises(ConfigError, match="n_embd="):
+        hidden_size({"n_embd": value})
+    with pytest.raises(ConfigError, match="n_embd="):
+        check_config_sizes({"n_layer": 2, "n_embd": value})
+    assert hidden_size({"n_embd": None, "hidden_size": 64}) == 64  # None: not set
+
+
+@pytest.mark.parametrize("weights", [b"", b"\x00" * 7, os.urandom(1000), b"\x08\x00\x00\x00\x00\x00\x00\x00{}xx"])
+def test_stats_from_a_corrupt_checkpoint_is_a_report_error(tmp_path, tiny_gpt2_config, weights):
+    from hf_varinit.record.from_checkpoint import stats_from_checkpoint
+
+    tiny_gpt2_config.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(weights)
+    with pytest.raises(ReportError, match="model.safetensors") as info:
+        stats_from_checkpoint(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_blocking_file_finds_the_file_in_the_way(tmp_path):
+    from hf_varinit.io_utils import blocking_file
+
+    (tmp_path / "afile").write_text("x")
+    assert blocking_file(tmp_path / "afile" / "x" / "y") == tmp_path / "afile"
+    assert blocking_file(tmp_path / "new" / "x") is None
+    assert blocking_file(tmp_path / "afile") is None  # the path itself may be replaced; its parents must be folders

@@ -120,6 +120,7 @@ def test_recorder_sees_through_parallel_and_compile_wrappers(tiny_gpt2_config):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo")
 def test_fsdp2_two_processes_cpu(tmp_path):
     """2 CPU processes, FSDP2 (`fully_shard`), one AdamW step: sharded stats == stats of gathered weights."""

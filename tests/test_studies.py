@@ -86,9 +86,10 @@ def test_sweep_separates_vanishing_stable_exploding(wine):
     small, mid = (next(r for r in result.rows if r["std"] == s) for s in (1e-4, 0.3))
     assert small["act_ratio"] < 1e-6 < mid["act_ratio"]
     assert small["grad_norm"][0] < 1e-6 * mid["grad_norm"][0]
-    assert result.bands == [{"dataset": "wine", "depth": 3, "band_lo": 0.3, "band_hi": 0.3, "stable_points": 1,
-                             "contiguous": True, "claim_points_in_band": "0/0", "contains_claim": False,
-                             "overlaps_claim": False}]
+    assert result.bands == [{"dataset": "wine", "depth": 3, "width": 16, "band_lo": 0.3, "band_hi": 0.3,
+                             "lo_cause": "vanishing-at-init", "hi_cause": "exploding-at-init", "he_std": 2 ** -1.5,
+                             "stable_points": 1, "contiguous": True, "claim_points_in_band": "0/0",
+                             "contains_claim": False, "overlaps_claim": False}]
 
 
 def test_stability_band_needs_a_majority_and_takes_the_longest_run():
@@ -134,7 +135,7 @@ def test_compare_init_writes_the_documented_files(init_compare):
     assert {p.name for p in out.iterdir()} == {"README.md", "results.csv", "results.md", "curves.csv",
                                               "curves.png", "summary.json"}
     with open(out / "results.csv") as f:
-        assert csv.DictReader(f).fieldnames == compare.RUN_COLUMNS
+        assert csv.DictReader(f).fieldnames == compare.run_columns([0.5, 0.1])
     with open(out / "curves.csv") as f:
         assert csv.DictReader(f).fieldnames == ["arm", "activation", "seed", "step", "train_loss"]
     summary = json.loads((out / "summary.json").read_text())

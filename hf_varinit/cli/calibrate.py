@@ -2,6 +2,7 @@
 
     hf-varinit calibrate --model mlp --rounds 4 --tol 0.05            # report in runs/mlp-calibrated-mnist-subset
     hf-varinit calibrate --config gpt2-12l-tiny --rounds 3 --steps 150  # a GPT-2 pilot, report in runs/gpt2-calibrated
+    hf-varinit calibrate --weight-decay 0.1 --start-scales 0.5 1 2      # does the fixed point depend on the start?
 
 The flags are the fields of `CalibrateConfig` (the loop) and `MLPPilotConfig` (the MLP pilot) in
 `hf_varinit.studies.configs`. The loop and the pilot registry are `hf_varinit.calibrate`; the MLP pilot is
@@ -78,6 +79,8 @@ def _command(args: argparse.Namespace) -> str:
         parts.append(f"--max-train {args.max_train}")
     if args.weight_decay:
         parts.append(f"--weight-decay {args.weight_decay}")
+    if args.start_scales:
+        parts.append("--start-scales " + " ".join(f"{x:g}" for x in args.start_scales))
     for flag in ("drift_tol", "window_fraction"):
         if getattr(args, flag) is not None:
             parts.append(f"--{flag.replace('_', '-')} {getattr(args, flag)}")
@@ -93,11 +96,41 @@ def run(args: argparse.Namespace) -> int:
     args = _resolve(args)
     options = AnalysisOptions(**{k: v for k, v in config_values(args, CalibrateConfig).items()
                                  if k in ("drift_tol", "window_fraction")})
+    title = mlp_title(args) if args.model == "mlp" else None
+    scales = args.start_scales or [1.0]
+    if len(scales) > 1:
+        return _run_starts(args, scales, options, title)
     result = calibrate_pilot(args.model, args, rounds=args.rounds, tol=args.tol, initial_rule=args.initial_rule,
-                             options=options, output=args.output, overwrite=args.overwrite,
-                             title=mlp_title(args) if args.model == "mlp" else None, command=_command(args))
+                             start_scale=scales[0], options=options, output=args.output, overwrite=args.overwrite,
+                             title=title, command=_command(args))
     output = Path(args.output)
     print(json.dumps({"output": str(output), "converged": result.converged, "rounds": len(result.history),
                       "max_rel_change": [round(h["max_rel_change"], 5) for h in result.history],
                       "wall_seconds": result.metadata["wall_seconds"]}))
+    return 0
+
+
+def _run_starts(args: argparse.Namespace, scales: list[float], options, title: str | None) -> int:
+    """One calibration per start scale; ``<output>/start-x<s>/`` each, and a card comparing the calibrated V(W)."""
+    from hf_varinit.calibrate import calibrate_pilot, check_output, start_table
+    from hf_varinit.io_utils import atomic_write_json, json_safe
+    from hf_varinit.studies.render import model_card, write_folder
+
+    check_output(args.output, args.overwrite)
+    command = _command(args)
+    results = {s: calibrate_pilot(args.model, args, rounds=args.rounds, tol=args.tol, initial_rule=args.initial_rule,
+                                  start_scale=s, options=options) for s in scales}
+    body = (f"\n# Does the calibrated V(W) depend on the starting init?\n\n{title or 'Calibration'}, started from "
+            f"`{args.initial_rule}` with every tracked variance times {', '.join(f'{s:g}' for s in scales)}; "
+            f"the rest of the settings identical (weight decay {getattr(args, 'weight_decay', 0) or 0:g}). One "
+            f"sub-folder per start (`start-x<scale>/`) holds its calibration report.\n\n{start_table(results)}\n\n"
+            f"## Regenerate\n\n```bash\n{command}\n```\n")
+    summary = {s: {"variances": r.variances, "converged": r.converged, "rounds": len(r.history),
+                   "max_rel_change": [h["max_rel_change"] for h in r.history]} for s, r in results.items()}
+    writers = {f"start-x{s:g}": (lambda p, r=r: r.save(p, title=title, command=command)) for s, r in results.items()}
+    write_folder(args.output, {**writers, "starts.json": lambda p: atomic_write_json(p, json_safe(
+        {"command": command, "starts": summary})), "README.md": lambda p: p.write_text(
+        model_card(tags=["initialization", "calibration"], datasets=[], body=body))}, overwrite=args.overwrite)
+    print(json.dumps({"output": args.output, **{f"x{s:g}": {"converged": r.converged, "rounds": len(r.history)}
+                                                for s, r in results.items()}}))
     return 0

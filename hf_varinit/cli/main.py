@@ -31,7 +31,8 @@ COMMANDS = {
     "report": "turn a run's statistics (or a trained checkpoint) into a variance report",
     "calibrate": "iterate init -> pilot training -> V(W) to the fixed point s0^2 = V(W)",
     "sweep": "log sweep of the init std for ReLU MLPs: the stability band",
-    "compare": "compare init rules: Kaiming vs Xavier (--study init), optimal vs He (--study optimal)",
+    "compare": "compare init rules: Kaiming vs Xavier (--study init), optimal vs He (--study optimal), LM arms x "
+               "seeds with pretrain runs (--study lm)",
     "demo": "the main job: pretrain the 12-layer tiny GPT-2 on the offline corpus with recording",
 }
 # the MLP studies run fastest on few threads on a busy machine: they take --threads
@@ -95,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = command_module(args._command).run(args)
     except HFVarInitError as exc:
-        print(f"hf-varinit {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # always one line
+        print(f"hf-varinit {args.command}: error: {message}", file=sys.stderr)
         return 1
     return code if isinstance(code, int) else 0

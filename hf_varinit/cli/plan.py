@@ -2,6 +2,11 @@
 
     hf-varinit plan --model gpt2 --n-layer 12 --n-embd 256 --rule kaiming
     hf-varinit plan --report model_cards/gpt2-12l-tiny-kaiming      # the report's model under optimal:report=...
+    hf-varinit plan --model gpt2 --n-embd 256 --rule 'optimal:report=runs/gpt2-transfer,width-transfer=fit'
+    hf-varinit plan --report model_cards/gpt2-12l-tiny-kaiming --optimizer sgd   # notes a recipe mismatch
+
+With a report, a header names the recipe it was measured under; the ``note`` column says per tensor where its
+V(W) comes from (source layers, source widths and the width exponent under ``width-transfer``).
 
 torch, transformers and the library load inside `run`, so ``hf-varinit plan --help`` answers at once.
 """
@@ -46,17 +51,21 @@ def plan_config(model: str, **options):
     """
     from transformers import AutoConfig
 
-    from hf_varinit.arch import build_config, config_options, default_mlp_width
+    from hf_varinit.arch import build_config, check_config_sizes, config_options, default_mlp_width
 
     options = {k: v for k, v in options.items() if v is not None}
     if model not in MODELS:
+        from huggingface_hub.errors import StrictDataclassError
+
         try:
-            return AutoConfig.from_pretrained(model)
-        except (OSError, ValueError) as exc:
+            config = AutoConfig.from_pretrained(model)
+        except (OSError, ValueError, TypeError, StrictDataclassError) as exc:  # the last: a field of the wrong type
             raise ConfigError(
                 f"--model {model!r} is neither a known model ({', '.join(MODELS)}) nor a loadable config "
-                f"folder or hub id: {exc}"
+                f"folder or hub id: {' '.join(str(exc).split())}"  # transformers' message spans lines
             ) from None
+        check_config_sizes(config)  # a width or head count of 0 would fail deep inside the model
+        return config
     model_type = MODELS[model]
     applies = config_options(model_type)
     valid = sorted(flag for flag, option in _SIZE_FLAGS.items() if option in applies)
@@ -110,6 +119,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which model class: LM head, base model, or a classification head (default: %(default)s)")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
                         help="output format (default: %(default)s)")
+    parser.add_argument("--optimizer", default=None,
+                        help="the optimizer of the run to initialise: noted when the report's differs (default: none)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="the learning rate of the run to initialise: noted when the report's differs")
 
 
 _HEADS = {"lm": None, "base": "AutoModel", "seq-cls": "AutoModelForSequenceClassification",
@@ -127,8 +140,29 @@ def _report_config(args: argparse.Namespace) -> PretrainedConfig:
     if sizes:
         raise ConfigError(f"{_flags(sizes)} do(es) not apply with --report: the sizes are the report's; to plan "
                           f"another size, use --model with size flags and --rule "
-                          f"'optimal:report={args.report},allow-depth-interpolation'")
+                          f"'optimal:report={args.report},allow-depth-interpolation' (another depth) or "
+                          f"'optimal:report={args.report},width-transfer=fan-in' (another width and depth)")
     return report_config(args.report)
+
+
+def _report_header(rule, args: argparse.Namespace) -> str:
+    """Lines naming the recipe of an optimal rule's report, and a mismatch with ``--optimizer`` / ``--lr``."""
+    from hf_varinit.init.rules import get_rule
+    from hf_varinit.report.optimal import OptimalRule, recipe_mismatch
+    from hf_varinit.report.report import VarianceReport
+    from hf_varinit.report.transfer import describe_recipe
+
+    parsed = get_rule(rule)
+    if not isinstance(parsed, OptimalRule) or parsed.variances is not None:
+        return ""
+    report = parsed.loaded or VarianceReport.load(parsed.report)
+    lines = [f"# report {parsed.report or report.origin}: measured under {describe_recipe(report.recipe)}"]
+    if report.transfer is not None:
+        lines.append(f"# runs at widths {report.transfer.widths}, depths {report.transfer.depths}")
+    mismatch = recipe_mismatch(report, optimizer=args.optimizer, lr=args.lr)
+    if mismatch:
+        lines.append(f"# note: {mismatch}")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> list[PlanRow]:
@@ -154,6 +188,9 @@ def run(args: argparse.Namespace) -> list[PlanRow]:
     except ValueError as exc:
         raise ConfigError(f"cannot build {described} with these sizes: {exc}") from None
     rows = init_plan(model, rule)
+    header = _report_header(rule, args)
+    if header:
+        print(header, file=sys.stdout if args.format == "table" else sys.stderr)
     if args.format == "json":
         print(json.dumps([r._asdict() for r in rows], indent=1))
     elif args.format == "csv":

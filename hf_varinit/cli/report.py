@@ -3,6 +3,10 @@
     hf-varinit report runs/k --output model_cards/gpt2-12l-tiny-kaiming [--push-to-hub me/gpt2-variance]
     hf-varinit report --from-model gpt2 --output model_cards/gpt2-weights
     hf-varinit report runs/k --output model_cards/gpt2-12l-tiny-kaiming --overwrite   # replace an existing report
+    hf-varinit report runs/w64 runs/w128 runs/d6 --output runs/gpt2-transfer   # several widths / depths: a fit
+
+Several runs (of one model type and recipe, differing only in width and depth) make one report: the widest, then
+deepest, run's V(W), plus V(W) = c * fan_in^-alpha per tensor fitted over the widths (``width-transfer=fit``).
 
 The analysis flags (``--window-fraction``, ``--drift-tol``, ...) are the fields of `AnalysisOptions`, one flag per
 field, with the field's help text and default.
@@ -17,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from hf_varinit.errors import ConfigError, ReportError, StatsError
+from hf_varinit.io_utils import blocking_file
 from hf_varinit.report.options import DEFAULT_LICENSE, AnalysisOptions
 
 # torch, transformers and the report machinery are imported in the functions that use them, so `--help` is fast
 
-__all__ = ["add_arguments", "main_report", "run"]
+__all__ = ["add_arguments", "main_multi_report", "main_report", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", nargs="?", help="a run folder (holding variance.safetensors) or the file itself")
+    parser.add_argument("run", nargs="*", help="a run folder (holding variance.safetensors) or the file itself; "
+                        "several runs at other widths / depths make a multi-run report with a width fit")
     parser.add_argument("--from-model", metavar="PATH_OR_ID",
                         help="report the final weights of a save_pretrained folder or hub id instead of a run")
     parser.add_argument("--output", help="report folder (default: <run>/report, or runs/<name>-weights)")
@@ -47,7 +53,7 @@ def _analysis_options(args: argparse.Namespace) -> AnalysisOptions:
 def _default_output(args: argparse.Namespace) -> Path:
     if args.from_model:
         return Path("runs") / f"{Path(str(args.from_model).rstrip('/')).name}-weights"
-    run = Path(args.run)
+    run = Path(args.run[0])
     return (run.parent if run.is_file() else run) / "report"
 
 
@@ -90,14 +96,48 @@ def main_report(
     return folder
 
 
+def main_multi_report(runs: list[str], output: str | os.PathLike[str], options: AnalysisOptions | None = None, *,
+                      overwrite: bool = False, license: str | None = None) -> Path:
+    """One report from several runs at other widths / depths (`combine_reports`); prints the fit per role."""
+    from hf_varinit.report.optimal import combine_reports
+    from hf_varinit.report.publish import check_destination
+    from hf_varinit.report.report import VarianceReport
+
+    check_destination(output, overwrite=overwrite)
+    try:
+        reports = [VarianceReport.from_stats(r, options, license=license) for r in runs]
+    except StatsError as exc:
+        raise ReportError(f"cannot build a report: {exc}") from exc
+    for r, source in zip(reports, runs):
+        r.origin = str(source)
+    report = combine_reports(reports)
+    folder = report.save(output, overwrite=overwrite)
+    fit = report.transfer
+    print(f"multi-run report written to {folder}/ (V(W) table of {report.origin}; widths {fit.widths}, depths "
+          f"{fit.depths})")
+    for key, f in fit.fits.items():
+        print(f"  {key}: alpha={f.alpha:.3g} c={f.c:.4g} max |log residual|={max(map(abs, f.residuals)):.3g}")
+    if not fit.fits:
+        print("  one width: no width fit (the runs map by relative depth)")
+    return folder
+
+
 def run(args: argparse.Namespace) -> Path:
     if bool(args.run) == bool(args.from_model):
         raise ConfigError("give either a run folder / statistics file, or --from-model PATH_OR_ID (not both)")
+    if args.output and (blocker := blocking_file(args.output)) is not None:  # checked before any work
+        raise ConfigError(f"--output {args.output}: {blocker} is a file, so no folder can be made inside it; "
+                          "choose an --output path under a folder")
+    if len(args.run) > 1:
+        if not args.output or args.push_to_hub:
+            raise ConfigError("a multi-run report needs --output DIR (and is pushed later with `hf upload`)")
+        return main_multi_report(args.run, args.output, _analysis_options(args), overwrite=args.overwrite,
+                                 license=args.license)
     from hf_varinit.record.from_checkpoint import stats_from_checkpoint
     from hf_varinit.report.publish import check_destination
 
     output = args.output or _default_output(args)
     check_destination(output, overwrite=args.overwrite)  # before reading a checkpoint
-    source = stats_from_checkpoint(args.from_model) if args.from_model else args.run
+    source = stats_from_checkpoint(args.from_model) if args.from_model else args.run[0]
     return main_report(source, output, args.push_to_hub, _analysis_options(args), overwrite=args.overwrite,
                        license=args.license)

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_sweep(config_from_args(args))
     for b in result.bands:
         band = f"{b['band_lo']:.3g} .. {b['band_hi']:.3g}" if b["band_lo"] else "none"
-        print(f"{b['dataset']:>14} depth {b['depth']:>2}: stable band {band}")
+        print(f"{b['dataset']:>14} depth {b['depth']:>2} width {b['width']:>4}: stable band {band} (failure below: "
+              f"{b['lo_cause']}, above: {b['hi_cause']})")
     print(json.dumps({"output": None if result.output is None else str(result.output),
                       "wall_seconds": round(result.summary["wall_seconds"], 1)}))
     return 0

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from hf_varinit.errors import RuleError
+from hf_varinit.errors import RuleError, shown
 from hf_varinit.init.roles import EMBEDDING_ROLES, RESIDUAL_ROLES, TensorRole
 from hf_varinit.init.specs import check_type, coerce, parse_spec
 
@@ -92,14 +92,38 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _check_std(name: str, value: float, key: str = "std") -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise RuleError(f"rule {name!r}: {key}={value!r} is invalid; it must be a finite number > 0, e.g. {key}=0.02")
+# Weights are float32 (or bf16, of the same range): a std or gain past MAX_SCALE draws infinite weights, and a
+# std below MIN_SCALE (float32's smallest normal number) draws weights that are all 0 or denormal.
+MAX_SCALE = float(torch.finfo(torch.float32).max) / 1e3
+MIN_SCALE = float(torch.finfo(torch.float32).tiny)
+
+
+def _is_finite_number(value: Any) -> bool:
+    """A real number (not a bool) within float range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float range
+        return False
+
+
+def _check_std(name: str, value: float, key: str = "std", *, bounded: bool = True) -> None:
+    """A finite number > 0 (and, if ``bounded``, small enough that float32 weights drawn with it stay finite)."""
+    if not _is_finite_number(value) or value <= 0:
+        raise RuleError(f"rule {name!r}: {key}={shown(value)} is invalid; it must be a finite number > 0, "
+                        f"e.g. {key}=0.02")
+    if bounded and value > MAX_SCALE:
+        raise RuleError(f"rule {name!r}: {key}={value:g} is too large: float32 weights drawn with it would be "
+                        f"infinite; use {key} <= {MAX_SCALE:.0e} (typical values are near 0.02)")
+    if bounded and value < MIN_SCALE:
+        raise RuleError(f"rule {name!r}: {key}={value:g} is too small: float32 weights drawn with it would all be 0; "
+                        f"use {key} >= {MIN_SCALE:.1e} (typical values are near 0.02)")
 
 
 def _check_choice(name: str, key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise RuleError(f"rule {name!r}: {key}={value!r} is invalid; valid choices: {', '.join(choices)}")
+        raise RuleError(f"rule {name!r}: {key}={shown(value)} is invalid; valid choices: {', '.join(choices)}")
 
 
 def _sample(dist: str, std: float, note: str = "") -> Init:
@@ -138,6 +162,8 @@ def truncated_std_factor(cutoff: float) -> float:
     """std of N(0, 1) truncated to [-cutoff, cutoff] (0.880 for cutoff 2)."""
     if cutoff < 1e-2:  # the closed form below cancels to nothing (or below zero); its series is exact here
         return cutoff / math.sqrt(3) * math.sqrt(1 - 2 * cutoff * cutoff / 15)
+    if cutoff > 40:  # the truncated mass is below double precision (and cutoff * pdf would be inf * 0)
+        return 1.0
     pdf = math.exp(-0.5 * cutoff * cutoff) / math.sqrt(2 * math.pi)
     mass = math.erf(cutoff / math.sqrt(2))
     return math.sqrt(1 - 2 * cutoff * pdf / mass)
@@ -154,7 +180,10 @@ class TruncNormalRule(InitRule):
 
     def __post_init__(self):
         _check_std(self.name, self.std)
-        _check_std(self.name, self.cutoff, "cutoff")
+        _check_std(self.name, self.cutoff, "cutoff", bounded=False)  # any cutoff > 0 is a distribution
+        if self.std * truncated_std_factor(self.cutoff) < MIN_SCALE:
+            raise RuleError(f"rule 'trunc_normal': std={self.std:g} truncated at cutoff={self.cutoff:g} draws values "
+                            f"below {MIN_SCALE:.1e}, so float32 weights would all be 0; raise the std or the cutoff")
 
     def weight_init(self, entry, ctx):
         realised = self.std * truncated_std_factor(self.cutoff)
@@ -216,12 +245,13 @@ class KaimingRule(_FanRule):
         super().__post_init__()
         _check_choice(self.name, "mode", self.mode, ("fan_in", "fan_out"))
         _check_choice(self.name, "nonlinearity", self.nonlinearity, NONLINEARITIES)
-        if isinstance(self.a, bool) or not isinstance(self.a, (int, float)) or not math.isfinite(self.a):
-            raise RuleError(f"rule 'kaiming': a={self.a!r} is invalid; it must be a finite number (leaky_relu slope)")
+        if not _is_finite_number(self.a):
+            raise RuleError(f"rule 'kaiming': a={shown(self.a)} is invalid; it must be a finite number (leaky_relu "
+                            "slope)")
         try:
             torch.nn.init.calculate_gain(self.nonlinearity, self.a if self.nonlinearity == "leaky_relu" else None)
         except (OverflowError, ValueError):
-            raise RuleError(f"rule 'kaiming': a={self.a!r} is out of range for nonlinearity={self.nonlinearity!r}; "
+            raise RuleError(f"rule 'kaiming': a={self.a:g} is out of range for nonlinearity={self.nonlinearity!r}; "
                             "use a leaky_relu slope such as a=0.01") from None
 
     def fan_std(self, entry):
@@ -280,9 +310,9 @@ def register_rule(name: str, factory: Callable[..., InitRule], *, overwrite: boo
         >>> register_rule("half", Half)
     """
     if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise RuleError(f"rule name {name!r} is invalid: use letters, digits, '_' or '-'")
+        raise RuleError(f"rule name {shown(name)} is invalid: use letters, digits, '_' or '-'")
     if name in _REGISTRY and not overwrite:
-        raise RuleError(f"a rule named {name!r} is already registered; pick another name or pass overwrite=True")
+        raise RuleError(f"a rule named {shown(name)} is already registered; pick another name or pass overwrite=True")
     _REGISTRY[name] = factory
 
 
@@ -294,19 +324,19 @@ def list_rules() -> list[str]:
 def build_rule(name: str, params: Mapping[str, Any]) -> InitRule:
     """Instantiate a registered rule, checking every key against its fields and every value against their types."""
     if name not in _REGISTRY:
-        raise RuleError(f"unknown init rule {name!r}; valid rules: {', '.join(list_rules())}")
+        raise RuleError(f"unknown init rule {shown(name)}; valid rules: {', '.join(list_rules())}")
     factory = _REGISTRY[name]
     if dataclasses.is_dataclass(factory):
         fields = {f.name: f for f in dataclasses.fields(factory) if f.init}
         unknown = sorted((k for k in params if k not in fields), key=repr)
         if unknown:
             valid = ", ".join(fields) or "(none)"
-            raise RuleError(f"rule {name!r} has no key {', '.join(map(repr, unknown))}; valid keys: {valid}")
+            raise RuleError(f"rule {name!r} has no key {', '.join(map(shown, unknown[:5]))}; valid keys: {valid}")
         params = {k: check_type(name, fields[k], coerce(name, fields[k], v)) for k, v in params.items()}
     try:
         return factory(**params)
     except TypeError as exc:
-        raise RuleError(f"rule {name!r}: {exc}") from None
+        raise RuleError(f"rule {name!r}: {shown(str(exc), 300)[1:-1]}") from None
 
 
 def get_rule(spec: str | Mapping[str, Any] | InitRule) -> InitRule:
@@ -326,10 +356,11 @@ def get_rule(spec: str | Mapping[str, Any] | InitRule) -> InitRule:
         params = dict(spec)
         name = params.pop("name", None)
         if not isinstance(name, str):
-            raise RuleError(f"rule dict {dict(spec)!r} needs a 'name' key; valid rules: {', '.join(list_rules())}")
+            raise RuleError(f"rule dict {shown(dict(spec), 200)} needs a 'name' key (a string); valid rules: "
+                            f"{', '.join(list_rules())}")
         return build_rule(name, params)
     if not isinstance(spec, str) or not spec.strip():
-        raise RuleError(f"rule spec {spec!r} is empty; valid rules: {', '.join(list_rules())}")
+        raise RuleError(f"rule spec {shown(spec)} is empty; valid rules: {', '.join(list_rules())}")
     name, params = parse_spec(spec)
     return build_rule(name, params)
 

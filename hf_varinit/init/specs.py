@@ -8,28 +8,28 @@ bool for a number or None for a string is a `RuleError`, never a TypeError later
 from __future__ import annotations
 
 import dataclasses
-import reprlib
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any
 
-from hf_varinit.errors import RuleError
+from hf_varinit.errors import RuleError, shown
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Split ``"name:key=value,flag"`` into the name and its parameters (bare flags become True)."""
     if not isinstance(spec, str) or not spec.strip():
-        raise RuleError(f"rule spec {spec!r} is empty; give a rule name such as kaiming or 'normal:std=0.02'")
+        raise RuleError(f"rule spec {shown(spec)} is empty; give a rule name such as kaiming or 'normal:std=0.02'")
     name, _, rest = spec.strip().partition(":")
     params: dict[str, Any] = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not key:
-            raise RuleError(f"rule spec {spec!r}: empty key in {item!r}; write key=value pairs separated by ','")
+            raise RuleError(f"rule spec {shown(spec)}: empty key in {shown(item)}; write key=value pairs separated "
+                            "by ','")
         if key in params:
-            raise RuleError(f"rule spec {spec!r}: key {key!r} given twice")
+            raise RuleError(f"rule spec {shown(spec)}: key {shown(key)} given twice; give each key once")
         params[key] = value.strip() if eq else True
     return name.strip(), params
 
@@ -51,7 +51,7 @@ def coerce(rule_name: str, f: dataclasses.Field, value: Any) -> Any:
         if "int" in kind:
             return int(value)
     except ValueError:
-        raise RuleError(f"rule {rule_name!r}: {f.name}={value!r} is not a valid {kind}") from None
+        raise RuleError(f"rule {rule_name!r}: {f.name}={shown(value)} is not a valid {kind}") from None
     return value
 
 
@@ -80,17 +80,16 @@ def check_type(rule_name: str, f: dataclasses.Field, value: Any) -> Any:
     ok = any(
         isinstance(value, _VALUE_TYPES[w]) and (w in ("bool", "None", "str", "dict") or number) for w in words
     )
-    shown = reprlib.repr(value)
     if not ok:
         raise RuleError(
-            f"rule {rule_name!r}: {f.name}={shown} is invalid: {f.name} must be {' or '.join(words)}, not "
+            f"rule {rule_name!r}: {f.name}={shown(value)} is invalid: {f.name} must be {' or '.join(words)}, not "
             f"{type(value).__name__}; e.g. {{'name': {rule_name!r}, {f.name!r}: <{words[0]}>}}"
         )
     if number and "float" in words and isinstance(value, int):
         try:
             return float(value)
         except OverflowError:
-            raise RuleError(f"rule {rule_name!r}: {f.name}={shown} is too large for a float") from None
+            raise RuleError(f"rule {rule_name!r}: {f.name}={shown(value)} is too large for a float") from None
     return value
 
 

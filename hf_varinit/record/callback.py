@@ -27,8 +27,11 @@ class VarianceCallback(TrainerCallback):
             ``args.output_dir``). At each save, a copy goes into the checkpoint folder as well.
         rule: the init rule spec the model was built with (default: ``model.config.varinit_rule``).
 
-    Only the world-process zero records and writes files. On ``trainer.train(resume_from_checkpoint=...)``
-    the record continues from the ``variance.safetensors`` saved in that checkpoint.
+    Only the world-process zero writes files. It alone records, too, unless the weights are sharded: with FSDP2
+    (DTensor) parameters every rank computes the statistics of its shards and one all-reduce per record sums
+    them; with DeepSpeed ZeRO-3 every rank gathers the tracked tensors one at a time (`on_train_begin` raises
+    `ConfigError` if deepspeed is not importable). On ``trainer.train(resume_from_checkpoint=...)`` the record
+    continues from the ``variance.safetensors`` saved in that checkpoint.
     """
 
     def __init__(self, every: int = 10, output_dir: str | os.PathLike | None = None, rule=None):
@@ -51,11 +54,13 @@ class VarianceCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model=None,
                        **kwargs):
-        if not state.is_world_process_zero or model is None:
+        if model is None:
             return
         rule = self.rule if self.rule is not None else (
             getattr(model, "varinit_init_rule", None) or getattr(getattr(model, "config", None), "varinit_rule", None))
-        self.recorder = VarianceRecorder(model, every=self.every, rule=rule)
+        recorder = VarianceRecorder(model, every=self.every, rule=rule)  # ZeRO-3 without deepspeed: ConfigError
+        # sharded weights: every rank joins each record's collective; otherwise the main process records alone
+        self.recorder = recorder if state.is_world_process_zero or recorder.collective else None
         self._started = False  # the first record waits for on_step_begin: a resumed state is loaded by then
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
@@ -79,7 +84,7 @@ class VarianceCallback(TrainerCallback):
             self.recorder.maybe_record(state.global_step)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if self.recorder is None:
+        if self.recorder is None or not state.is_world_process_zero:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self.recorder.save(folder, self._metadata(args, state))
@@ -88,5 +93,7 @@ class VarianceCallback(TrainerCallback):
         if self.recorder is None:
             return
         self.recorder.record(state.global_step)
+        if not state.is_world_process_zero:
+            return
         out = Path(self.output_dir or args.output_dir)
         self.recorder.save(out, self._metadata(args, state))

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from huggingface_hub import snapshot_download
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 from transformers import AutoConfig
 
-from hf_varinit.arch import num_layers
-from hf_varinit.errors import HFVarInitError, ReportError
+from hf_varinit.arch import check_config_sizes, num_layers
+from hf_varinit.errors import HFVarInitError, ReportError, shown
 from hf_varinit.init.patch import from_config, init_plan
 from hf_varinit.init.roles import tracked_roles
 from hf_varinit.record.moments import combine, partial_sums, second_moment
@@ -53,6 +54,13 @@ def resolve_checkpoint(source: str | os.PathLike) -> Path:
         ) from None
 
 
+def _unreadable(path: Path, exc: Exception) -> ReportError:
+    """The error for a weights file that safetensors cannot read (corrupt, truncated, random bytes, missing)."""
+    detail = shown(" ".join(str(exc).split()), 200)[1:-1]
+    return ReportError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {detail}); re-save the "
+                       "model with save_pretrained(safe_serialization=True)")
+
+
 def weight_map(folder: Path) -> dict[str, Path]:
     """Tensor name -> safetensors file of a single-file or sharded checkpoint."""
     if (folder / INDEX_FILE).is_file():
@@ -62,8 +70,11 @@ def weight_map(folder: Path) -> dict[str, Path]:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ReportError(f"{folder / INDEX_FILE}: not a valid safetensors index ({exc})") from None
     if (folder / SINGLE_FILE).is_file():
-        with safe_open(folder / SINGLE_FILE, framework="np") as f:
-            return {name: folder / SINGLE_FILE for name in f.keys()}
+        try:
+            with safe_open(folder / SINGLE_FILE, framework="np") as f:
+                return {name: folder / SINGLE_FILE for name in f.keys()}
+        except Exception as exc:  # safetensors' own error type, OSError...
+            raise _unreadable(folder / SINGLE_FILE, exc) from None
     pickled = sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
     hint = f" (found {', '.join(pickled)}: pickle-based weights are never loaded; re-save with " \
            "save_pretrained(safe_serialization=True))" if pickled else ""
@@ -83,11 +94,14 @@ class _TensorReader:
             self._tensor = None  # drop the previous tensor before reading the next
             path = self.files[name]
             try:
-                with safe_open(path, framework="np") as f:
-                    self._tensor = torch.from_numpy(f.get_tensor(name))
-            except TypeError:  # bfloat16 has no numpy dtype
-                with safe_open(path, framework="pt") as f:
-                    self._tensor = f.get_tensor(name)
+                try:
+                    with safe_open(path, framework="np") as f:
+                        self._tensor = torch.from_numpy(f.get_tensor(name))
+                except TypeError:  # bfloat16 has no numpy dtype
+                    with safe_open(path, framework="pt") as f:
+                        self._tensor = f.get_tensor(name)
+            except Exception as exc:  # a corrupt or missing shard, a tensor the index names but the file lacks
+                raise _unreadable(path, exc) from None
             self._name = name
         return self._tensor
 
@@ -115,8 +129,10 @@ def stats_from_checkpoint(source: str | os.PathLike) -> VarianceStats:
     folder = resolve_checkpoint(source)
     try:
         config = AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"{source}: cannot read config.json ({exc})") from None
+        check_config_sizes(config)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, StrictDataclassError) as exc:  # any bad field
+        raise ReportError(f"{source}: cannot read config.json ({shown(' '.join(str(exc).split()), 300)[1:-1]}); "
+                          "give a save_pretrained folder with a valid config.json") from None
     files = weight_map(folder)
     rule = getattr(config, "varinit_rule", None)  # read before from_config records its own rule in a config
     with torch.device("meta"):  # roles and shapes only
@@ -131,12 +147,17 @@ def stats_from_checkpoint(source: str | os.PathLike) -> VarianceStats:
             warnings.warn(f"init std of the checkpoint's rule {rule!r} unknown ({exc})", stacklevel=2)
             init_std = {}
     counts, sums, tracked, absent = [], [], [], []
-    for entry, _ in tracked_roles(model):
+    for entry, param in tracked_roles(model):
         name = _match(entry.name, files, prefix)
         if name is None:
             absent.append(entry.name)  # e.g. a head the checkpoint does not have
             continue
-        tensor = entry.view(reader.get(name))
+        raw = reader.get(name)
+        if tuple(raw.shape) != tuple(param.shape):
+            raise ReportError(f"{source}: tensor {name!r} has shape {tuple(raw.shape)} in the weights but "
+                              f"{tuple(param.shape)} in the model config.json describes; the weights and the "
+                              "config do not belong together")
+        tensor = entry.view(raw)
         counts.append(tensor.numel())
         sums.append(partial_sums(tensor))  # two numbers kept per tensor; the tensor itself is dropped
         tracked.append({"key": entry.key, "name": name, "role": entry.role, "layer": entry.layer,

@@ -18,11 +18,17 @@ to the *global* parameter. On a shard along dim ``d`` (FSDP2 shards dim 0):
 DTensors this cannot reduce shard by shard (``Partial``, several sharded mesh dims, a second process group)
 are gathered with ``full_tensor()``: a collective every rank calls in the same order, since all ranks hold
 the same entries.
+
+DeepSpeed ZeRO-3 parameters (``ds_id``; each rank holds an empty placeholder) are gathered one at a time with
+``deepspeed.zero.GatheredParameters`` on every rank, so memory stays bounded by the largest tracked tensor; the
+entries of one parameter (fused Q/K/V) share one gather.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -30,6 +36,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
+from hf_varinit.errors import ConfigError
 from hf_varinit.init.roles import TensorRole
 
 try:  # private, but the one place that knows how DTensor lays out uneven shards
@@ -37,7 +44,8 @@ try:  # private, but the one place that knows how DTensor lays out uneven shards
 except ImportError:  # pragma: no cover - older / newer torch without it
     _local_offset = None
 
-__all__ = ["combine", "is_sharded", "local_moments", "partial_sums", "rebind", "second_moment", "var_mean"]
+__all__ = ["combine", "is_sharded", "is_zero3", "local_moments", "needs_all_ranks", "partial_sums", "rebind",
+           "require_deepspeed", "second_moment", "var_mean"]
 
 Entries = list[tuple[TensorRole, nn.Parameter]]
 
@@ -69,6 +77,45 @@ def second_moment(var: np.ndarray, mean: np.ndarray) -> np.ndarray:
 def is_sharded(entries: Entries) -> bool:
     """Whether any tracked parameter is a DTensor (an FSDP2 / tensor-parallel shard)."""
     return any(isinstance(param, DTensor) for _, param in entries)
+
+
+def is_zero3(param: torch.Tensor) -> bool:
+    """Whether ``param`` is a DeepSpeed ZeRO-3 partition (its ``ds_id`` is set; its data an empty placeholder)."""
+    return hasattr(param, "ds_id")
+
+
+def needs_all_ranks(entries: Entries) -> bool:
+    """Whether computing the statistics is a collective: some parameter is a DTensor or a ZeRO-3 partition."""
+    return is_sharded(entries) or any(is_zero3(param) for _, param in entries)
+
+
+def require_deepspeed(what: str = "the recorder"):
+    """The ``deepspeed`` module, or `ConfigError` naming the fix when it is not importable."""
+    try:
+        return importlib.import_module("deepspeed")
+    except ImportError as exc:
+        raise ConfigError(f"{what}: the model's parameters are DeepSpeed ZeRO-3 partitions (ds_id set, empty "
+                          "placeholders), but deepspeed is not importable here; `pip install deepspeed` so every "
+                          "rank can gather them one at a time, or record without ZeRO-3 (stage 1/2, DDP or FSDP)"
+                          ) from exc
+
+
+def _gathered(entries: Entries) -> Iterator[tuple[TensorRole, torch.Tensor]]:
+    """(entry, its parameter's data), each ZeRO-3 parameter gathered while its consecutive entries are reduced."""
+    i = 0
+    while i < len(entries):
+        param = entries[i][1]
+        j = i + 1
+        while j < len(entries) and entries[j][1] is param:
+            j += 1
+        if is_zero3(param):
+            with require_deepspeed().zero.GatheredParameters([param], modifier_rank=None):  # every rank, in order
+                for entry, _ in entries[i:j]:
+                    yield entry, param.detach()
+        else:
+            for entry, _ in entries[i:j]:
+                yield entry, param.detach()
+        i = j
 
 
 def _slice_axis(entry: TensorRole, ndim: int) -> int | None:
@@ -144,9 +191,9 @@ def _dtensor_part(entry: TensorRole, data: DTensor, group) -> tuple[torch.Tensor
 def var_mean(entries: Entries) -> torch.Tensor:
     """(T, 2) float32 ``[population variance, mean]`` of every entry's tensor or slice, on the weights' device.
 
-    Collective when any entry is a DTensor reduced shard by shard: every rank of the shards' process group must
-    call it with the same entries (as `VarianceRecorder` does: its entries come from the same model everywhere),
-    and every rank gets the same result. Without DTensors no collective is issued.
+    Collective when any entry is a DTensor or a ZeRO-3 partition (`needs_all_ranks`): every rank of the process
+    group must call it with the same entries (as `VarianceRecorder` does: its entries come from the same model
+    everywhere), and every rank gets the same result. Otherwise no collective is issued.
 
     Args:
         entries (`list[tuple[TensorRole, nn.Parameter]]`): roles and their current parameters (see `rebind`).
@@ -156,8 +203,7 @@ def var_mean(entries: Entries) -> torch.Tensor:
     dtype = torch.float64 if is_sharded(entries) else torch.float32
     counts, rows, reduced = [], [], []
     group = device = None
-    for entry, param in entries:
-        data = param.detach()
+    for entry, data in _gathered(entries):
         part, part_group = _dtensor_part(entry, data, group) if isinstance(data, DTensor) else (entry.view(data), None)
         if part_group is not None:
             group = part_group

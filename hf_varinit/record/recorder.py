@@ -22,7 +22,7 @@ from hf_varinit.arch import num_layers
 from hf_varinit.errors import HFVarInitError, RoleError, StatsError
 from hf_varinit.init.patch import init_plan
 from hf_varinit.init.roles import TensorRole, tracked_roles
-from hf_varinit.record.moments import second_moment, var_mean
+from hf_varinit.record.moments import is_zero3, needs_all_ranks, rebind, require_deepspeed, second_moment, var_mean
 from hf_varinit.record.stats_file import save_stats
 
 
@@ -31,6 +31,19 @@ def unwrap(model: nn.Module) -> nn.Module:
     while (inner := extract_model_from_parallel(model, keep_torch_compile=False)) is not model:
         model = inner
     return model
+
+
+def shape_model(model: nn.Module) -> nn.Module:
+    """The model whose parameter shapes the roles are read from: ``model``, or under DeepSpeed ZeRO-3 (empty
+    placeholders) a twin built from its config on the meta device (no memory; same names and shapes)."""
+    if not any(is_zero3(p) for p in model.parameters()):
+        return model
+    config = getattr(model, "config", None)
+    if config is None:
+        raise RoleError(f"{type(model).__name__}: ZeRO-3 partitioned parameters and no config to read the full "
+                        "shapes from; record a transformers model, or gather the weights first")
+    with torch.device("meta"):
+        return type(model)(config)
 
 
 def _check_step(step) -> int:
@@ -45,8 +58,10 @@ def _check_step(step) -> int:
 class VarianceRecorder:
     """Record mean, variance and second moment of every tracked weight every ``every`` steps.
 
-    Under FSDP2 (``fully_shard``) the statistics are computed from the shards with one all-reduce; build
-    the recorder after sharding (or call ``moments.rebind``), since sharding replaces the parameters.
+    Under FSDP2 (``fully_shard``) the statistics are computed from the shards with one all-reduce; under
+    DeepSpeed ZeRO-3 each tracked tensor is gathered in turn. Either way `record` is then a collective that every
+    rank calls (`collective`), and only the main process should `save`. Sharding replaces the parameters: build
+    the recorder after it, or call `rebind` with the sharded (or compiled) model.
 
     Args:
         model (`nn.Module`): the model (wrapped or not); its tracked tensors come from `roles.tracked_roles`.
@@ -69,7 +84,11 @@ class VarianceRecorder:
                             "being trained")
         self.model = unwrap(model)
         self.every = every
-        self.entries: list[tuple[TensorRole, nn.Parameter]] = tracked_roles(self.model)
+        self._shapes = shape_model(self.model)
+        if self._shapes is not self.model:
+            require_deepspeed("VarianceRecorder")
+        roles = [entry for entry, _ in tracked_roles(self._shapes)]
+        self.entries: list[tuple[TensorRole, nn.Parameter]] = rebind(roles, self.model)
         if not self.entries:
             raise StatsError(f"{type(self.model).__name__} has no tracked weights (no linear or embedding layers)")
         # default: the rule `from_config` / `apply_init` built the model with
@@ -84,6 +103,17 @@ class VarianceRecorder:
     @property
     def steps(self) -> list[int]:
         return list(self._steps)
+
+    @property
+    def collective(self) -> bool:
+        """Whether `record` is a collective (sharded or ZeRO-3 weights): then every rank must call it."""
+        return needs_all_ranks(self.entries)
+
+    def rebind(self, model: nn.Module) -> None:
+        """Follow ``model``'s current parameters (after ``fully_shard``, ``accelerator.prepare`` or
+        ``torch.compile``), keeping the roles taken from the model the recorder was built with."""
+        self.model = unwrap(model)
+        self.entries = rebind([entry for entry, _ in self.entries], self.model)
 
     @torch.no_grad()
     def compute(self) -> torch.Tensor:
@@ -160,7 +190,7 @@ class VarianceRecorder:
         if self.rule is None:
             return {}
         try:
-            return {row.key: row.std for row in init_plan(self.model, self.rule) if row.std is not None}
+            return {row.key: row.std for row in init_plan(self._shapes, self.rule) if row.std is not None}
         except (HFVarInitError, OSError) as exc:  # a report gone by now must not stop the run from saving
             warnings.warn(f"init std of rule {self.rule!r} unknown ({exc}); the report's V(W)/init ratio will use "
                           "the first record instead", stacklevel=2)

@@ -8,11 +8,10 @@ Tensors:
     ``var``            float32 [S, T]   population variance
     ``second_moment``  float32 [S, T]   E[W^2]
 
-Metadata (safetensors str -> str, values JSON-encoded unless they are plain strings):
-    ``format``, ``format_version``, ``tracked`` (JSON list, one dict per column of the [S, T] tensors:
-    ``{"key", "name", "role", "layer", "slice", "fan_in", "fan_out", "init_std", "numel"}``),
-    ``model_type``, ``config``, ``rule``, ``n_layer`` and free fields (``seed``, ``optimizer``, ``lr``,
-    ``batch_size``, ``mixed_precision``, ``versions``, ``dataset``, ``source``...).
+Metadata (safetensors str -> str, values JSON-encoded unless they are plain strings): required ``format``,
+``format_version`` and ``tracked`` (JSON list, one dict per column of the [S, T] tensors, each with a unique
+``key``); optional ``model_type``, ``config``, ``rule``, ``n_layer`` and free fields. The schema, checked on
+loading, is `hf_varinit.record.stats_schema`.
 
 Loading never unpickles anything: only ``safetensors.safe_open`` touches the file.
 
@@ -41,6 +40,7 @@ from hf_varinit.arch import num_layers
 from hf_varinit.errors import StatsError
 from hf_varinit.io_utils import atomic_path
 from hf_varinit.record import STAT_NAMES
+from hf_varinit.record.stats_schema import check_metadata, check_tracked, decode_meta, encode_meta, json_default
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "STATS_FILENAME", "VarianceStats", "concat", "library_versions", "load_stats",
            "save_stats"]
@@ -69,49 +69,6 @@ def _resolve(path: str | os.PathLike[str], *, for_write: bool) -> Path:
         return p / STATS_FILENAME if p.is_dir() or (for_write and p.suffix != ".safetensors") else p
     except (TypeError, OSError) as exc:  # not a path at all, a name too long...
         raise StatsError(f"{str(path)[:80]!r}: not a usable path ({exc}); use a folder or .safetensors file") from None
-
-
-def _encode_meta(value: Any) -> str:
-    """Plain strings stay readable; everything else (and strings that would parse as JSON) is JSON."""
-    if isinstance(value, str):
-        try:
-            decoded = json.loads(value)
-        except ValueError:
-            return value
-        return value if decoded == value else json.dumps(value)
-    return json.dumps(value, allow_nan=False, default=_json_default)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON-serializable: {obj!r}")
-
-
-def _decode_meta(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except (ValueError, RecursionError):
-        return value
-
-
-def _check_tracked(tracked: Any, where: str) -> list[dict]:
-    if not isinstance(tracked, list) or not all(isinstance(t, dict) for t in tracked):
-        raise StatsError(f"{where}: 'tracked' must be a list of dicts, got {type(tracked).__name__}")
-    keys = []
-    for i, t in enumerate(tracked):
-        key = t.get("key")
-        if not isinstance(key, str) or not key:
-            raise StatsError(f"{where}: tracked entry {i} has no string 'key': {t!r}")
-        keys.append(key)
-    dup = sorted({k for k in keys if keys.count(k) > 1})
-    if dup:
-        raise StatsError(f"{where}: tracked keys must be unique; duplicated: {dup}")
-    return [dict(t) for t in tracked]
 
 
 def _check_arrays(step: np.ndarray, stats: dict[str, np.ndarray], n_tracked: int, where: str) -> None:
@@ -168,7 +125,7 @@ class VarianceStats:
 
     def __post_init__(self) -> None:
         where = str(self.path) if self.path else "VarianceStats"
-        self.tracked = _check_tracked(self.tracked, where)
+        self.tracked = check_tracked(self.tracked, where)
         self.step = _as_step(self.step, where)
         self.mean, self.var, self.second_moment = (
             _as_stat(getattr(self, n), n, where) for n in STAT_NAMES
@@ -330,13 +287,13 @@ def save_stats(
         if k in _RESERVED or v is None:
             continue
         try:
-            meta[k] = _encode_meta(v)
+            meta[k] = encode_meta(v)
         except (TypeError, ValueError) as exc:
             raise StatsError(f"{dest}: metadata field {k!r} cannot be stored as JSON: {exc}") from exc
     meta["format"] = FORMAT
     meta["format_version"] = FORMAT_VERSION
     try:
-        meta["tracked"] = json.dumps(stats.tracked, allow_nan=False, default=_json_default)
+        meta["tracked"] = json.dumps(stats.tracked, allow_nan=False, default=json_default)
     except (TypeError, ValueError) as exc:
         raise StatsError(f"{dest}: 'tracked' cannot be stored as JSON: {exc}") from exc
     tensors = {
@@ -409,11 +366,12 @@ def load_stats(path: str | os.PathLike[str]) -> VarianceStats:
         tracked = json.loads(raw_meta["tracked"])
     except (ValueError, RecursionError) as exc:
         raise StatsError(f"{p}: metadata 'tracked' is not valid JSON: {exc}") from exc
-    tracked = _check_tracked(tracked, str(p))
+    tracked = check_tracked(tracked, str(p))
     if not np.issubdtype(arrays["step"].dtype, np.integer):
         raise StatsError(f"{p}: tensor 'step' must be integer, got {arrays['step'].dtype}")
     for n in STAT_NAMES:
         if arrays[n].dtype.kind != "f":
             raise StatsError(f"{p}: tensor {n!r} must be floating point, got {arrays[n].dtype}")
-    metadata = {k: _decode_meta(v) for k, v in raw_meta.items() if k != "tracked"}
+    metadata = {k: decode_meta(v) for k, v in raw_meta.items() if k != "tracked"}
+    check_metadata(metadata, tracked, str(p))
     return VarianceStats(tracked=tracked, metadata=metadata, path=p, **arrays)

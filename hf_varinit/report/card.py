@@ -13,11 +13,18 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from hf_varinit.record.stats_file import VarianceStats
-from hf_varinit.report.dynamics import ALPHA, MIN_RECORDS, NOISE_K, QKV, depth_dynamics
+from hf_varinit.report.dynamics import ALPHA, MIN_RECORDS, NOISE_K, QKV, depth_dynamics, depth_statistic
 from hf_varinit.report.options import DEFAULT_LICENSE
 from hf_varinit.report.plots import display_roles, plot_files, role_keys
-from hf_varinit.report.steady_state import AnalysisOptions, KeyAnalysis, is_snapshot, layer_equilibration
+from hf_varinit.report.steady_state import (
+    AnalysisOptions,
+    KeyAnalysis,
+    is_snapshot,
+    layer_equilibration,
+    record_schedule,
+)
 from hf_varinit.report.tables import format_cell, markdown_table
+from hf_varinit.report.transfer import recipe_of
 
 __all__ = ["CARD_TEMPLATE", "DEFAULT_LICENSE", "build_card", "card_data", "layer_table"]
 
@@ -108,7 +115,9 @@ def _run_table(model_type: str, n_layer: int | None, rule: str | None, metadata:
                  if stats is not None and len(stats) else None)
         rows = [("model type", model_type), ("layers", n_layer), ("init rule", rule),
                 ("optimizer", m.get("optimizer")), ("learning rate", m.get("lr")),
-                ("batch size", m.get("batch_size")), ("mixed precision", m.get("mixed_precision")),
+                ("lr schedule", (recipe_of(m) or {}).get("lr_schedule")), ("warmup steps", m.get("warmup_steps")),
+                ("lr schedule", _schedule_text(m)), ("batch size", m.get("batch_size")),
+                ("mixed precision", m.get("mixed_precision")),
                 ("steps", steps), ("seed", m.get("seed")), ("dataset", data),
                 ("measured from", m.get("source")), ("versions", versions)]
     return markdown_table([{"name": k, "value": v} for k, v in rows], ["name", "value"], ["", ""], cell=_fmt)
@@ -131,21 +140,52 @@ def _caveats(options: AnalysisOptions, metadata: dict, tensors: dict[str, KeyAna
         f"⌈{o.window_fraction:g}·S⌉) records); a tensor is stationary when the fitted trend changes it by "
         f"less than {o.drift_tol:g} (relative) across that window. Equilibration uses a ±{o.band:g} band "
         "on the variance.",
+        _lr_caveat(o, tensors),
     ]
-    bad = [k for k, a in tensors.items() if a.stationary is False]
+    bad: dict[str, list[str]] = {}
+    for k, a in tensors.items():
+        if a.stationary is False:
+            bad.setdefault(_fmt(a.reason), []).append(f"`{k}`")
     if bad:
-        items.append("**Not stationary** (V(W) is the last recorded value, not a steady state): "
-                     + ", ".join(f"`{k}` ({_fmt(tensors[k].reason)})" for k in bad) + ".")
+        items.append("**Not stationary** (V(W) is the last recorded value, not a steady state): " + "; ".join(
+            f"{'all ' + str(len(keys)) + ' tracked tensors' if len(keys) == len(tensors) > 1 else ', '.join(keys)} "
+            f"({reason})" for reason, keys in bad.items()) + ".")
     else:
         items.append("Every tracked tensor reached a steady state within the tolerances.")
     return items
+
+
+def _schedule_text(metadata: dict) -> str | None:
+    s = record_schedule(metadata)
+    if s is None:
+        return None
+    after = "cosine decay to 0 at" if s["lr_schedule"] == "cosine" else "constant to"
+    return f"{s['warmup_steps']} warmup steps, then {after} step {s['max_steps']}"
+
+
+def _lr_caveat(options: AnalysisOptions, tensors: dict[str, KeyAnalysis]) -> str:
+    """How the stationarity test took the lr schedule into account, with the window's share of the lr budget."""
+    window = next((a for a in tensors.values() if a.window_lr_fraction is not None), None)
+    if window is None:
+        return ("The stationarity test did not use the lr schedule (the record does not give the lr, warmup_steps and "
+                "max_steps of `hf-varinit pretrain`): it cannot tell a plateau from a decayed learning rate.")
+    return (f"Schedule-aware: a tensor is called stationary only when the window's mean lr is at least "
+            f"{options.min_lr_fraction:g} of the peak lr. The trailing window (steps {window.window[0]}–"
+            f"{window.window[1]}) got {100 * window.window_lr_share:.3g}% of the run's lr budget, at a mean lr of "
+            f"{100 * window.window_lr_fraction:.3g}% of the peak (`qkv_variance_vs_cumulative_lr.png` plots the "
+            "variance against the lr budget).")
 
 
 def _dynamics_table(tensors: dict[str, KeyAnalysis], metadata: dict, stats: VarianceStats | None) -> str:
     if stats is None or is_snapshot(metadata):
         return ""
     dynamics = depth_dynamics(stats, equilibration=layer_equilibration(tensors, roles=QKV))
-    return "" if dynamics is None else dynamics.to_markdown()
+    if dynamics is None:
+        return ""
+    statistic = depth_statistic(stats)
+    if statistic is None:
+        return dynamics.to_markdown()
+    return f"{dynamics.to_markdown()}\n\n### Pre-registered depth statistic (Q/K/V only)\n\n{statistic.to_markdown()}"
 
 
 def _intro(metadata: dict) -> str:

@@ -23,6 +23,26 @@ approximation; see `spearman_test`). No trend is called
 The study's claim is that shallow layers expand quickly and deep layers change slowly: a significant negative
 correlation of early change with depth, and a significant positive one of the half-change (or equilibration)
 step.
+
+**The pre-registered depth statistic** (`depth_statistic`; chosen before looking at the multi-seed runs, and
+the one to quote; the trends above are exploratory). Q, K and V tensors only, from the ``var`` statistic:
+
+* a tensor's **settle step** (`settle_step`): the first recorded step after which
+  |var(t) - var(T)| <= ``SETTLE_BAND`` x |var(T) - var(0)| holds through the end (T: the last record). The band
+  is relative to the tensor's own total move, not to its level, so a tensor that grows 10x more does not look
+  later; None for a tensor that did not move (`moved`);
+* a layer's settle step (`layer_settle_steps`): the **median** over its q, k and v (of those that moved). The
+  median, not the max: the max is the single slowest tensor (V moves latest in these runs), so a layer's value
+  would be one role's and a single noisy tensor would set it; with three tensors the median is a real observed
+  step that no one tensor decides;
+* ``rho_settle`` (`depth_settle_rho`): Spearman rho between layer index and the layer's settle step
+  (> 0: deep layers settle later);
+* a layer's **early growth** (`layer_early_growth`): the median over q, k, v of var(t_e) / var(0) - 1 at
+  t_e = the first record at or after ``EARLY_FRACTION`` of the record's last step;
+* ``rho_early_growth`` (`depth_early_growth_rho`): Spearman rho between layer index and early growth
+  (< 0: shallow layers expand faster early).
+
+One record gives one rho per statistic; a claim needs the CI across seeds (``scripts/dynamics_seeds.py``).
 """
 
 from __future__ import annotations
@@ -37,8 +57,9 @@ from hf_varinit.arch import layer_key
 from hf_varinit.record.stats_file import VarianceStats
 from hf_varinit.report.tables import markdown_table
 
-__all__ = ["ALPHA", "MIN_RECORDS", "NOISE_K", "DepthDynamics", "LayerDynamics", "depth_dynamics", "moved",
-           "spearman", "spearman_test"]
+__all__ = ["ALPHA", "EARLY_FRACTION", "MIN_RECORDS", "NOISE_K", "SETTLE_BAND", "DepthDynamics", "DepthStatistic",
+           "LayerDynamics", "depth_dynamics", "depth_early_growth_rho", "depth_settle_rho", "depth_statistic",
+           "layer_early_growth", "layer_settle_steps", "moved", "settle_step", "spearman", "spearman_test"]
 
 QKV = ("q", "k", "v")
 MIN_RECORDS = 10  # fewer records: no depth trend is called
@@ -46,6 +67,8 @@ NOISE_K = 3.0  # a tensor moved when |var(T) - var(0)| >= NOISE_K * std of succe
 ALPHA = 0.05  # a depth trend is called only at Spearman p < ALPHA
 EXACT_UP_TO = 8  # exact Spearman p-values up to this many layers (8! orderings), scipy's approximation above
 CLAIM = "shallow layers expand quickly and deep layers change slowly"
+SETTLE_BAND = 0.1  # settled: within 10 % of the tensor's own total move from its final value, through the end
+EARLY_FRACTION = 0.1  # early growth is read at the first record at or after 10 % of the record's last step
 
 
 @dataclass
@@ -198,8 +221,7 @@ def depth_dynamics(stats: VarianceStats, early_fraction: float = 0.1,
     if len(steps) < MIN_RECORDS:
         return DepthDynamics(None, [], None, None, records=len(steps),
                              refused=f"only {len(steps)} records; a depth trend needs at least {MIN_RECORDS}")
-    target = steps[0] + early_fraction * (steps[-1] - steps[0])
-    early_index = int(np.searchsorted(steps, target))
+    t_early = early_index(steps, early_fraction)
     layers = []
     for layer in qkv_layers:
         early, half, total, move = {}, {}, {}, {}
@@ -209,7 +231,7 @@ def depth_dynamics(stats: VarianceStats, early_fraction: float = 0.1,
                 continue
             var = stats.series(key, "var").astype(np.float64)
             v0, vt = var[0], var[-1]
-            early[role] = float(abs(var[early_index] / v0 - 1)) if v0 > 0 else float("nan")
+            early[role] = float(abs(var[t_early] / v0 - 1)) if v0 > 0 else float("nan")
             total[role] = float(vt / v0) if v0 > 0 else float("nan")
             move[role] = moved(var)
             reached = np.abs(var - v0) >= 0.5 * abs(vt - v0)
@@ -232,5 +254,122 @@ def depth_dynamics(stats: VarianceStats, early_fraction: float = 0.1,
     early_test, half_test = spearman_test(depth, early_mean), spearman_test(depth, half_mean)
     rho = lambda t: None if t is None else t[0]  # noqa: E731
     p = lambda t: None if t is None else t[1]  # noqa: E731
-    return DepthDynamics(int(steps[early_index]), layers, rho(early_test), rho(half_test), rho(eq_test),
+    return DepthDynamics(int(steps[t_early]), layers, rho(early_test), rho(half_test), rho(eq_test),
                          p(early_test), p(half_test), p(eq_test), records=len(steps), refused=refused)
+
+
+# --------------------------------------------------------------------- the pre-registered depth statistic
+
+
+def settle_step(steps: np.ndarray, var: np.ndarray, band: float = SETTLE_BAND) -> int | None:
+    """First recorded step after which ``|var(t) - var(T)| <= band * |var(T) - var(0)|`` through the end; None when
+    the series did not move out of its record-to-record noise (`moved`)."""
+    var = np.asarray(var, dtype=np.float64)
+    if not moved(var):
+        return None
+    inside = np.abs(var - var[-1]) <= band * abs(var[-1] - var[0])
+    outside = np.flatnonzero(~inside)
+    return int(np.asarray(steps)[0 if outside.size == 0 else outside[-1] + 1])  # the last record is always inside
+
+
+def _qkv_layers(stats: VarianceStats) -> dict[int, list[np.ndarray]]:
+    """layer -> the ``var`` series of its q, k, v (those tracked)."""
+    out: dict[int, list[np.ndarray]] = {}
+    for layer in stats.layers():
+        series = [stats.series(layer_key(layer, r), "var").astype(np.float64) for r in QKV
+                  if layer_key(layer, r) in stats.keys]
+        if series:
+            out[layer] = series
+    return out
+
+
+def layer_settle_steps(stats: VarianceStats, band: float = SETTLE_BAND) -> dict[int, float]:
+    """Per layer: the median settle step of its q, k, v (NaN when none of them moved)."""
+    out = {}
+    for layer, series in _qkv_layers(stats).items():
+        steps = [s for s in (settle_step(stats.step, v, band) for v in series) if s is not None]
+        out[layer] = float(np.median(steps)) if steps else float("nan")
+    return out
+
+
+def early_index(steps: np.ndarray, early_fraction: float = EARLY_FRACTION) -> int:
+    """Index of the first record at or after ``early_fraction`` of the way from the first to the last step."""
+    steps = np.asarray(steps)
+    return int(np.searchsorted(steps, steps[0] + early_fraction * (steps[-1] - steps[0])))
+
+
+def layer_early_growth(stats: VarianceStats, early_fraction: float = EARLY_FRACTION) -> dict[int, float]:
+    """Per layer: the median over its q, k, v of ``var(t_e) / var(0) - 1`` (t_e: `early_index`)."""
+    i = early_index(stats.step, early_fraction)
+    return {layer: float(np.median([v[i] / v[0] - 1 if v[0] > 0 else np.nan for v in series]))
+            for layer, series in _qkv_layers(stats).items()}
+
+
+def _rho(per_layer: dict[int, float]) -> tuple[float, float] | None:
+    return spearman_test(np.array(list(per_layer), dtype=float), np.array(list(per_layer.values())))
+
+
+def depth_settle_rho(stats: VarianceStats, band: float = SETTLE_BAND) -> tuple[float, float] | None:
+    """Spearman (rho, p) of layer index vs `layer_settle_steps`; None with fewer than 3 layers with a value."""
+    return _rho(layer_settle_steps(stats, band))
+
+
+def depth_early_growth_rho(stats: VarianceStats, early_fraction: float = EARLY_FRACTION
+                           ) -> tuple[float, float] | None:
+    """Spearman (rho, p) of layer index vs `layer_early_growth`; None with fewer than 3 layers with a value."""
+    return _rho(layer_early_growth(stats, early_fraction))
+
+
+@dataclass
+class DepthStatistic:
+    """The pre-registered depth statistic of one record (definitions in the module docstring)."""
+
+    settle_step: dict[int, float]
+    early_growth: dict[int, float]
+    early_step: int
+    rho_settle: float | None
+    p_settle: float | None
+    rho_early_growth: float | None
+    p_early_growth: float | None
+    band: float = SETTLE_BAND
+    refused: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        """The per-layer values and both rhos, with what this one record does and does not say."""
+        if self.refused:
+            return f"Pre-registered depth statistic: not computed ({self.refused})."
+        rows = [{"layer": layer, "settle": self.settle_step[layer], "growth": self.early_growth.get(layer)}
+                for layer in self.settle_step]
+        table = markdown_table(rows, ["layer", "settle", "growth"],
+                               ["layer", f"settle step (median of Q/K/V, band ±{self.band:g} of own move)",
+                                f"early growth var(t)/var(0) − 1 at step {self.early_step} (median of Q/K/V)"])
+
+        def line(rho: float | None, p: float | None, what: str, sign: int, claim: str) -> str:
+            if rho is None:
+                return f"rho(depth, {what}) = — (fewer than 3 layers with a value)"
+            called = p is not None and p < ALPHA and (rho > 0) == (sign > 0)
+            return f"rho(depth, {what}) = {rho:+.2f} (p = {p:.2g}): {claim} {'yes' if called else 'not shown'}"
+
+        lines = [line(self.rho_settle, self.p_settle, "settle step", 1, "deep layers settle later:"),
+                 line(self.rho_early_growth, self.p_early_growth, f"early growth at step {self.early_step}", -1,
+                      "shallow layers expand faster early:")]
+        return (f"{table}\n\n" + "; ".join(lines) + ". One record (one seed): the claim needs the CI across seeds "
+                "(`scripts/dynamics_seeds.py`).")
+
+
+def depth_statistic(stats: VarianceStats, band: float = SETTLE_BAND, early_fraction: float = EARLY_FRACTION
+                    ) -> DepthStatistic | None:
+    """The pre-registered depth statistic of ``stats`` (Q/K/V only); None without Q/K/V tensors."""
+    if not _qkv_layers(stats):
+        return None
+    if len(stats.step) < MIN_RECORDS:
+        return DepthStatistic({}, {}, 0, None, None, None, None, band,
+                              refused=f"only {len(stats.step)} records; it needs at least {MIN_RECORDS}")
+    settle, growth = layer_settle_steps(stats, band), layer_early_growth(stats, early_fraction)
+    s, g = _rho(settle), _rho(growth)
+    return DepthStatistic(settle, growth, int(stats.step[early_index(stats.step, early_fraction)]),
+                          None if s is None else s[0], None if s is None else s[1],
+                          None if g is None else g[0], None if g is None else g[1], band)

@@ -3,9 +3,12 @@
 V(W) comes from a variance report (``optimal:report=<folder | file | hub id>``) or from a table
 passed in Python (``{"name": "optimal", "variances": {"layers.0.q": 4e-3, ...}}``). Tensors the table
 lacks use the ``fallback`` rule. A report is checked against the model by the shapes of the tracked tensors (the
-report's own model is rebuilt on the meta device from its stored config): another architecture, width or tensor
-shape is refused, naming the first mismatching tensor; a report of another depth is mapped by relative depth only
-with ``allow-depth-interpolation``. `from_report` builds the report's own architecture and initialises it.
+report's own model is rebuilt on the meta device from its stored config): another architecture or tensor shape is
+refused, naming the first mismatching tensor; a report of another depth is mapped by relative depth only with
+``allow-depth-interpolation``; one of another width only with ``width-transfer=fan-in`` (V(W) scaled by
+fan_in(source) / fan_in(target)) or ``width-transfer=fit`` (the power law of a multi-run report), which also allows
+the depth mapping (width first, on the source's layers, then depth: `hf_varinit.report.transfer`). `from_report`
+builds the report's own architecture and initialises it.
 """
 
 from __future__ import annotations
@@ -23,20 +26,14 @@ from typing import Any, ClassVar
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from hf_varinit.arch import (
-    config_differences,
-    config_from_dict,
-    hidden_size,
-    layer_key,
-    num_layers,
-    parse_layer_key,
-    shape_differences,
-)
+from hf_varinit.arch import config_differences, config_from_dict, hidden_size, num_layers, shape_differences
 from hf_varinit.errors import ConfigError, HFVarInitError, ReportError, RuleError
 from hf_varinit.init.patch import from_config
-from hf_varinit.init.roles import TensorRole, tracked_shapes
+from hf_varinit.init.roles import TensorRole, tracked_roles, tracked_shapes
 from hf_varinit.init.rules import Init, InitRule, ModelContext, _check_choice, get_rule, register_rule
+from hf_varinit.report import transfer
 from hf_varinit.report.report import VarianceReport
+from hf_varinit.report.transfer import WIDTH_TRANSFERS, fan_in_table, fit_table, interpolate_depth
 
 
 def _load_report(source: str) -> VarianceReport:
@@ -67,32 +64,6 @@ def check_variances(variances: dict[str, float], source: str) -> dict[str, float
     return out
 
 
-def interpolate_depth(variances: dict[str, float], src_layers: int, dst_layers: int) -> dict[str, tuple[float, str]]:
-    """Map per-layer V(W) onto another depth by relative depth (linear along depth).
-
-    Returns key -> (variance, note naming the source layers used).
-    """
-    by_role: dict[str, dict[int, float]] = {}
-    out: dict[str, tuple[float, str]] = {}
-    for key, v in variances.items():
-        layer, role = parse_layer_key(key)
-        if layer is not None:
-            by_role.setdefault(role, {})[layer] = v
-        else:
-            out[key] = (v, "")
-    for role, layers in by_role.items():
-        for j in range(dst_layers):
-            pos = j * (src_layers - 1) / (dst_layers - 1) if dst_layers > 1 else 0.0
-            lo, hi = math.floor(pos), math.ceil(pos)
-            if lo not in layers or hi not in layers:
-                continue
-            w = pos - lo
-            value = (1 - w) * layers[lo] + w * layers[hi]
-            note = f"interpolated from layer {lo}" if lo == hi else f"interpolated from layers {lo}-{hi} (w={w:.2f})"
-            out[layer_key(j, role)] = (value, note)
-    return out
-
-
 @dataclass(frozen=True)
 class OptimalRule(InitRule):
     """s0^2 = V(W) per tracked tensor / Q/K/V slice, from a report or a variance table.
@@ -103,6 +74,8 @@ class OptimalRule(InitRule):
         loaded: a `VarianceReport` already in memory (instead of ``report``).
         fallback: the rule for tensors the report lacks (default ``kaiming``).
         allow_depth_interpolation: map a report of another depth by relative depth.
+        width_transfer: map a report of another width: ``fan-in`` (V(W) * fan_in source / fan_in target) or
+            ``fit`` (V(W) = c * fan_in^-alpha fitted by ``hf-varinit report RUN_A RUN_B ...``); also maps depth.
         nonstationary: what to do with tensors the report marks not stationary: ``last`` (use the last
             recorded value, noted in the plan), ``skip`` (use the fallback) or ``error``.
     """
@@ -114,6 +87,7 @@ class OptimalRule(InitRule):
     fallback: str = "kaiming"
     allow_depth_interpolation: bool = False
     nonstationary: str = "last"
+    width_transfer: str | None = None
 
     def __post_init__(self):
         if isinstance(self.report, os.PathLike):
@@ -135,6 +109,8 @@ class OptimalRule(InitRule):
             raise RuleError(f"rule 'optimal': allow_depth_interpolation={self.allow_depth_interpolation!r} must be "
                             "true or false")
         _check_choice(self.name, "nonstationary", self.nonstationary, ("last", "skip", "error"))
+        if self.width_transfer is not None:
+            _check_choice(self.name, "width_transfer", self.width_transfer, WIDTH_TRANSFERS)
         if self.variances is not None:
             _check_table_types(self.variances)
             check_variances(self.variances, "variances")
@@ -161,18 +137,41 @@ class OptimalRule(InitRule):
         source = self.report or report.origin or "in-memory report"
         variances = check_variances(report.variances(nonstationary=self.nonstationary), source)
         config = getattr(model, "config", None)
-        check_compatible(report, model, source)
+        check_compatible(report, model, source, width_transfer=self.width_transfer)
         src_depth, dst_depth = report.n_layer, num_layers(config) if config is not None else None
-        if src_depth and dst_depth and src_depth != dst_depth:
+        if self.width_transfer is not None:
+            table = _width_table(self.width_transfer, report, variances, model, source, dst_depth)
+        elif src_depth and dst_depth and src_depth != dst_depth:
             if not self.allow_depth_interpolation:
                 raise ReportError(
                     f"report {source!r} has {src_depth} layers but the model has {dst_depth}; add "
-                    "',allow-depth-interpolation' to the rule spec to map layers by relative depth"
+                    "',allow-depth-interpolation' to the rule spec to map layers by relative depth (or "
+                    "',width-transfer=...' to map width and depth)"
                 )
             table = interpolate_depth(variances, src_depth, dst_depth)
         else:
             table = {k: (v, "") for k, v in variances.items()}
         return BoundOptimalRule(table, fallback, f"report {source}")
+
+
+def _width_table(mode: str, report: VarianceReport, variances: dict[str, float], model, source: str,
+                 dst_depth: int | None) -> dict[str, tuple[float, str]]:
+    """The report's V(W) moved to ``model``'s fans (``fan-in`` or ``fit``) and depth."""
+    dst_fans = {entry.key: entry.fan_in for entry, _ in tracked_roles(model)}
+    if mode == "fit":
+        fit = report.transfer
+        if fit is None or not fit.fits:
+            widths = f" (widths {fit.widths})" if fit is not None else ""
+            raise ReportError(f"report {source!r} holds no width fit{widths}: 'width-transfer=fit' needs a report of "
+                              "runs at >= 2 widths, made with `hf-varinit report RUN_A RUN_B ... --output R`; or use "
+                              "'width-transfer=fan-in'")
+        return fit_table(fit, dst_fans, dst_depth)
+    src_fans = report_fans(report)
+    if src_fans is None:
+        raise ReportError(f"report {source!r}: the fans of its tensors are unknown (its model cannot be rebuilt from "
+                          "the stored config), so 'width-transfer=fan-in' cannot scale them; use a report of the "
+                          "model's width")
+    return fan_in_table(variances, src_fans, dst_fans, report.n_layer, dst_depth, hidden_size(report.config))
 
 
 def _check_table_types(variances: Any) -> None:
@@ -185,24 +184,39 @@ def _check_table_types(variances: Any) -> None:
 
 
 @lru_cache(maxsize=16)
-def _shapes_of_config(model_type: str, config_json: str) -> dict[str, tuple[int, ...]] | None:
-    """Tracked tensor shapes of the model a stored config describes (built on the meta device), or None when the
-    config cannot be rebuilt here (a model type this transformers does not know, a remote-code model)."""
+def _tracked_of_config(model_type: str, config_json: str) -> dict[str, tuple[tuple[int, ...], int]] | None:
+    """``{key: (shape, fan_in)}`` of the tracked tensors of the model a stored config describes (built on the meta
+    device), or None when the config cannot be rebuilt here (a model type this transformers does not know, a
+    remote-code model)."""
     try:
         config = config_from_dict(model_type, json.loads(config_json))
         with torch.device("meta"):  # shapes only
-            return tracked_shapes(from_config(config, "hf"))
+            model = from_config(config, "hf")
+        fans = {entry.key: entry.fan_in for entry, _ in tracked_roles(model)}
+        return {key: (shape, fans[key]) for key, shape in tracked_shapes(model).items()}
     except (HFVarInitError, ValueError, TypeError, KeyError, AttributeError, ImportError, OSError):
         return None
+
+
+def _report_tracked(report: VarianceReport) -> dict[str, tuple[tuple[int, ...], int]] | None:
+    if not report.config or report.model_type == "unknown":
+        return None
+    found = _tracked_of_config(report.model_type, json.dumps(report.config, sort_keys=True, default=str))
+    return None if found is None else {k: v for k, v in found.items() if k in report.tensors}
 
 
 def report_shapes(report: VarianceReport) -> dict[str, tuple[int, ...]] | None:
     """``{key: shape}`` of the report's tracked tensors (those it has V(W) for), or None if its model cannot be
     rebuilt from the stored config."""
-    if not report.config or report.model_type == "unknown":
-        return None
-    shapes = _shapes_of_config(report.model_type, json.dumps(report.config, sort_keys=True, default=str))
-    return None if shapes is None else {k: v for k, v in shapes.items() if k in report.tensors}
+    found = _report_tracked(report)
+    return None if found is None else {k: shape for k, (shape, _) in found.items()}
+
+
+def report_fans(report: VarianceReport) -> dict[str, int] | None:
+    """``{key: fan_in}`` of the report's tracked tensors (Q/K/V slices by their own fans), or None if its model
+    cannot be rebuilt from the stored config."""
+    found = _report_tracked(report)
+    return None if found is None else {k: fan for k, (_, fan) in found.items()}
 
 
 def _config_hint(report: VarianceReport, config) -> str:
@@ -210,12 +224,13 @@ def _config_hint(report: VarianceReport, config) -> str:
     return "" if not diffs else " (config: " + ", ".join(f"{k} {a} vs {b}" for k, a, b in diffs) + ")"
 
 
-def check_compatible(report: VarianceReport, model, source: str) -> None:
+def check_compatible(report: VarianceReport, model, source: str, width_transfer: str | None = None) -> None:
     """Refuse a report measured on another architecture, width, or tensor shapes than ``model``'s.
 
     Shapes are those of the tracked tensors themselves: a config entry that changes no tensor (GPT-2's head count)
     is no mismatch, and one that does (the vocabulary, the positions) is named with the tensor. Depth is left to
-    the caller (`OptimalRule.bind` maps it by relative depth with ``allow-depth-interpolation``).
+    the caller (`OptimalRule.bind` maps it by relative depth with ``allow-depth-interpolation``). With
+    ``width_transfer`` a width (hidden size, heads, MLP width) may differ, nothing else.
 
     Raises:
         ReportError: naming the first mismatch, both values and the fix.
@@ -232,10 +247,15 @@ def check_compatible(report: VarianceReport, model, source: str) -> None:
     report_width = hidden_size(report.config)
     width = hidden_size(config)
     if report_width and width and int(report_width) != width:
-        raise ReportError(
-            f"report {source!r} was measured at hidden size {report_width}, but the model has {width}; "
-            "V(W) depends on the width, so use a report of the same width"
-        )
+        if width_transfer is None:
+            raise ReportError(
+                f"report {source!r} was measured at hidden size {report_width}, but the model has {width}; V(W) "
+                "depends on the width: add ',width-transfer=fan-in' (or =fit with a multi-width report) to the rule "
+                "spec, or use a report of the same width"
+            )
+        differences = config_differences(report.config, config)
+        transfer.check_only_scale_differs(report.model_type, differences, f"report {source!r}")
+        return
     theirs = report_shapes(report)
     if theirs is None:  # the report's model cannot be rebuilt: compare the config entries that fix shapes
         diffs = config_differences(report.config, config)
@@ -305,6 +325,45 @@ def from_report(
         raise ConfigError(f"from_report: the report's model with {config_overrides} cannot be built: {exc}") from None
 
 
+def combine_reports(reports: list[VarianceReport]) -> VarianceReport:
+    """One report from runs of one model type at several widths and/or depths: the widest (then deepest) run's
+    report, with `VarianceReport.transfer` holding the runs and, with >= 2 widths, V(W) = c * fan_in^-alpha per key.
+
+    Raises:
+        ReportError: fewer than two runs, another model type or config entry than width / depth, another recipe.
+    """
+    if len(reports) < 2:
+        raise ReportError("a multi-run report needs >= 2 runs; for one run use `hf-varinit report RUN`")
+    runs = []
+    for r in reports:
+        fans = report_fans(r)
+        if fans is None:
+            raise ReportError(f"{r.source_description}: its model cannot be rebuilt from the stored config, so the "
+                              "fans of its tensors are unknown")
+        runs.append({"source": r.origin or "in-memory report", "model_type": r.model_type, "config": r.config,
+                     "recipe": r.recipe, "width": hidden_size(r.config) or 0, "n_layer": r.n_layer,
+                     "variances": r.variances(), "fans": fans})
+    transfer.check_combinable(runs)
+    base = max(range(len(runs)), key=lambda i: (runs[i]["width"], runs[i]["n_layer"] or 0))
+    reports[base].transfer = transfer.fit_runs(runs)
+    return reports[base]
+
+
+def recipe_mismatch(report: VarianceReport, optimizer: str | None = None, lr: float | None = None) -> str | None:
+    """A note when the run to initialise uses another optimizer (or lr) than the one ``report`` was measured under;
+    None when they agree or the report does not say."""
+    return transfer.recipe_note(report.recipe, optimizer, lr)
+
+
+def spec_recipe_note(rule: Any, optimizer: str | None = None, lr: float | None = None) -> str | None:
+    """`recipe_mismatch` for a rule spec: the note when ``rule`` reads a report measured under another optimizer or
+    lr, else None (also for rules that read no report)."""
+    rule = get_rule(rule)
+    if not isinstance(rule, OptimalRule) or rule.variances is not None:
+        return None
+    return recipe_mismatch(rule.loaded if rule.loaded is not None else _load_report(rule.report), optimizer, lr)
+
+
 def _loaded(report: Any) -> VarianceReport:
     """``report`` loaded (a `VarianceReport` is used as is); a ReportError for anything that is not a source."""
     if isinstance(report, VarianceReport):
@@ -340,4 +399,5 @@ class BoundOptimalRule(InitRule):
 
 register_rule(OptimalRule.name, OptimalRule)
 
-__all__ = ["BoundOptimalRule", "OptimalRule", "check_compatible", "from_report", "report_config", "report_shapes"]
+__all__ = ["BoundOptimalRule", "OptimalRule", "check_compatible", "combine_reports", "from_report",
+           "interpolate_depth", "recipe_mismatch", "report_config", "report_fans", "report_shapes", "spec_recipe_note"]

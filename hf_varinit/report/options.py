@@ -27,6 +27,9 @@ class AnalysisOptions:
         default=0.10, metadata={"help": "relative band around the steady value for equilibration"})
     stat: str = dataclasses.field(
         default="second_moment", metadata={"help": "statistic giving V(W): second_moment, var or mean"})
+    min_lr_fraction: float = dataclasses.field(
+        default=0.1, metadata={"help": "stationary only if the trailing window's mean lr is at least this fraction "
+                               "of the peak lr (records that give their lr schedule; 0 turns the check off)"})
 
     def __post_init__(self) -> None:
         checks = [
@@ -36,6 +39,8 @@ class AnalysisOptions:
             (isinstance(self.drift_tol, (int, float)) and self.drift_tol > 0, "drift_tol", "a number > 0"),
             (isinstance(self.band, (int, float)) and self.band > 0, "band", "a number > 0"),
             (self.stat in STAT_NAMES, "stat", f"one of {list(STAT_NAMES)}"),
+            (isinstance(self.min_lr_fraction, (int, float)) and 0 <= self.min_lr_fraction <= 1,
+             "min_lr_fraction", "a number in [0, 1]"),
         ]
         for ok, name, valid in checks:
             if not ok:

@@ -3,7 +3,12 @@ analyses (`KeyAnalysis`), the record (`VarianceStats`) and the equilibration ban
 
 * ``qkv_variance.png``: one panel per role (Q, K, V when present), variance vs step, one line per layer
   coloured by depth, with a colorbar. Needs the record; skipped without it.
-* ``equilibration.png``: equilibration step vs depth, one line per role.
+* ``qkv_variance_vs_cumulative_lr.png``: the same curves against the cumulative learning rate (the lr summed over
+  the updates before each record, `steady_state.cumulative_lr`). A curve that is a straight line here rose with
+  the lr budget, so a flat end against step under a decayed lr is the schedule, not an equilibrium. Only for
+  records that give their lr schedule.
+* ``equilibration.png``: equilibration step vs depth, one line per role; with the record, dashed lines add the
+  amplitude-normalised settle step of `hf_varinit.report.dynamics` (defined under a decayed lr too).
 * ``steady_state_vs_depth.png``: V(W) vs depth per role, the init variance as dashed lines; tensors
   that are not stationary are drawn as hollow markers.
 
@@ -19,13 +24,18 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hf_varinit.io_utils import atomic_path
 from hf_varinit.record.stats_file import VarianceStats
-from hf_varinit.report.steady_state import KeyAnalysis
+from hf_varinit.report.dynamics import SETTLE_BAND, settle_step
+from hf_varinit.report.steady_state import KeyAnalysis, cumulative_lr
 
-__all__ = ["PLOT_FILES", "display_roles", "plot_files", "role_keys", "write_plots"]
+__all__ = ["CUMULATIVE_LR_PLOT", "PLOT_FILES", "display_roles", "plot_files", "plot_seed_bands", "role_keys",
+           "write_plots"]
 
 PLOT_FILES = ("qkv_variance.png", "equilibration.png", "steady_state_vs_depth.png")
+CUMULATIVE_LR_PLOT = "qkv_variance_vs_cumulative_lr.png"
 QKV = ("q", "k", "v")
 _ROLE_TITLES = {"q": "Q", "k": "K", "v": "V"}
 
@@ -74,30 +84,34 @@ def _positive(values: list[float]) -> bool:
     return bool(values) and all(v is not None and math.isfinite(v) and v > 0 for v in values)
 
 
-def plot_variance_curves(tensors: dict[str, KeyAnalysis], stats: VarianceStats | None, path: Path) -> Path | None:
-    """``qkv_variance.png``: variance vs step per role; None without a record."""
+def plot_variance_curves(tensors: dict[str, KeyAnalysis], stats: VarianceStats | None, path: Path,
+                         against: str = "step") -> Path | None:
+    """``qkv_variance.png``: variance vs step per role (``against="cumulative_lr"``: vs the cumulative lr, for
+    ``qkv_variance_vs_cumulative_lr.png``); None without a record, or without its lr schedule for the latter."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
     if stats is None or len(stats) == 0:
         return None
+    x = stats.step if against == "step" else cumulative_lr(stats.metadata, stats.step)
+    if x is None:
+        return None
     roles = display_roles(tensors)
     depths = [d for r in roles for d, _ in role_keys(tensors, r)] or [0]
     norm = Normalize(vmin=min(depths), vmax=max(max(depths), min(depths) + 1))
     cmap = colormaps["viridis"]
     fig, axes = _figure(len(roles))
-    steps = stats.step
     for ax, role in zip(axes, roles):
         all_vals: list[float] = []
         for depth, key in role_keys(tensors, role):
             series = stats.series(key, "var")
             all_vals.extend(float(v) for v in series)
-            ax.plot(steps, series, color=cmap(norm(depth)), lw=1.2)
+            ax.plot(x, series, color=cmap(norm(depth)), lw=1.2)
         if _positive(all_vals):
             ax.set_yscale("log")
         ax.set_title(f"{_ROLE_TITLES.get(role, role)} weight variance")
-        ax.set_xlabel("step")
+        ax.set_xlabel("step" if against == "step" else "cumulative learning rate (sum of lr over updates)")
         ax.set_ylabel("Var(W)")
         ax.grid(alpha=0.3)
     cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label="layer (depth)")
@@ -105,23 +119,56 @@ def plot_variance_curves(tensors: dict[str, KeyAnalysis], stats: VarianceStats |
     return _save(fig, path)
 
 
-def plot_equilibration(tensors: dict[str, KeyAnalysis], band: float, path: Path) -> Path:
-    """``equilibration.png``: equilibration step vs depth, one line per role (``band``: the relative band used)."""
+def plot_seed_bands(curves: dict[str, list[tuple[Any, Any]]], xlabel: str, title: str, path: Path) -> Path:
+    """One line per label: the mean over seeds with a ±1 std band; ``curves[label]`` is a list of (x, y) per seed
+    on a common x grid (the seeds' recorded steps, or their cumulative lr, which match for one schedule)."""
+    fig, (ax,) = _figure(1, width=6.0, height=4.0)
+    for i, (label, runs) in enumerate(curves.items()):
+        n = min(len(y) for _, y in runs)
+        x = np.asarray(runs[0][0][:n], dtype=float)
+        ys = np.stack([np.asarray(y[:n], dtype=float) for _, y in runs])
+        mean, std = ys.mean(axis=0), ys.std(axis=0)
+        ax.plot(x, mean, color=f"C{i % 10}", lw=1.4, label=f"{label} (n={len(runs)})")
+        ax.fill_between(x, mean - std, mean + std, color=f"C{i % 10}", alpha=0.2, lw=0)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("Var(W) / Var(W) at init")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_equilibration(tensors: dict[str, KeyAnalysis], band: float, path: Path,
+                       stats: VarianceStats | None = None) -> Path:
+    """``equilibration.png``: equilibration step vs depth, one line per role (``band``: the relative band used).
+
+    With the record, dashed lines add each tensor's settle step (`dynamics.settle_step`: the band relative to the
+    tensor's own total move, defined for stationary and non-stationary tensors alike).
+    """
     fig, (ax,) = _figure(1, width=5.5)
     never = 0
-    for role in display_roles(tensors):
+    for i, role in enumerate(display_roles(tensors)):
         rows = [(d, tensors[k].equilibration_step) for d, k in role_keys(tensors, role)]
         never += sum(s is None for _, s in rows)
         pts = [(d, s) for d, s in rows if s is not None]
-        ax.plot([d for d, _ in pts], [s for _, s in pts], marker="o", label=_ROLE_TITLES.get(role, role))
-    title = f"Equilibration step (band ±{band:g})"
-    ax.set_title(title + (f"; {never} never equilibrated" if never else ""))
+        label = _ROLE_TITLES.get(role, role)
+        if pts:
+            ax.plot([d for d, _ in pts], [s for _, s in pts], color=f"C{i % 10}", marker="o", label=label)
+        if stats is not None and len(stats):
+            settle = [(d, settle_step(stats.step, stats.series(k, "var"))) for d, k in role_keys(tensors, role)]
+            settle = [(d, s) for d, s in settle if s is not None]
+            ax.plot([d for d, _ in settle], [s for _, s in settle], color=f"C{i % 10}", ls="--", marker="x",
+                    label=f"{label} settle step (±{SETTLE_BAND:g} of own move)")
+    title = f"Equilibration step (band ±{band:g} of level)"
+    ax.set_title(title + (f"; {never} none (not stationary or outside the band)" if never else ""),
+                 fontsize="small")
     ax.set_xlabel("layer (depth)")
     _integer_depth(ax.xaxis)
     ax.set_ylabel("step")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend()
+        ax.legend(fontsize="small")
     return _save(fig, path)
 
 
@@ -129,7 +176,10 @@ def plot_files(stats: VarianceStats | None, snapshot: bool = False) -> list[str]
     """The names of the PNGs `write_plots` writes for this record."""
     if snapshot:
         return [PLOT_FILES[2]]
-    return [name for name in PLOT_FILES if name != PLOT_FILES[0] or (stats is not None and len(stats))]
+    names = [name for name in PLOT_FILES if name != PLOT_FILES[0] or (stats is not None and len(stats))]
+    if stats is not None and len(stats) and cumulative_lr(stats.metadata, stats.step) is not None:
+        names.insert(1, CUMULATIVE_LR_PLOT)
+    return names
 
 
 def plot_steady_state(tensors: dict[str, KeyAnalysis], path: Path, snapshot: bool = False) -> Path:
@@ -173,7 +223,8 @@ def write_plots(folder: str | Path, tensors: dict[str, KeyAnalysis], stats: Vari
     Args:
         folder (`str` or `Path`): where the PNGs go.
         tensors (`dict[str, KeyAnalysis]`): the steady-state analysis per tracked key.
-        stats (`VarianceStats`, *optional*): the record; without it ``qkv_variance.png`` is skipped.
+        stats (`VarianceStats`, *optional*): the record; without it ``qkv_variance.png`` is skipped, and without
+            its lr schedule ``qkv_variance_vs_cumulative_lr.png``.
         band (`float`): the relative band of the equilibration step, for the plot's title.
         snapshot (`bool`): one set of weights: only ``steady_state_vs_depth.png`` (see `plot_files`).
     """
@@ -182,7 +233,8 @@ def write_plots(folder: str | Path, tensors: dict[str, KeyAnalysis], stats: Vari
         return [plot_steady_state(tensors, folder / PLOT_FILES[2], snapshot=True)]
     written = [
         plot_variance_curves(tensors, stats, folder / PLOT_FILES[0]),
-        plot_equilibration(tensors, band, folder / PLOT_FILES[1]),
+        plot_variance_curves(tensors, stats, folder / CUMULATIVE_LR_PLOT, against="cumulative_lr"),
+        plot_equilibration(tensors, band, folder / PLOT_FILES[1], stats),
         plot_steady_state(tensors, folder / PLOT_FILES[2]),
     ]
     return [p for p in written if p is not None]

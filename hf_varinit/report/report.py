@@ -25,7 +25,7 @@ from hf_varinit.errors import ReportError, StatsError
 from hf_varinit.io_utils import atomic_write_json, atomic_write_text, json_safe
 from hf_varinit.record.stats_file import STATS_FILENAME, VarianceStats, load_stats, save_stats
 from hf_varinit.reference_reports import bundled_report
-from hf_varinit.report import plots
+from hf_varinit.report import plots, steady_state
 from hf_varinit.report.card import DEFAULT_LICENSE, build_card, layer_table
 from hf_varinit.report.publish import (
     check_dataset_ids,
@@ -36,20 +36,12 @@ from hf_varinit.report.publish import (
     push_written,
     save_folder,
 )
-from hf_varinit.report.steady_state import (
-    AnalysisOptions,
-    KeyAnalysis,
-    analyze,
-    analyze_series,
-    is_snapshot,
-    layer_equilibration,
-)
+from hf_varinit.report.schema import STEADY_FILENAME, STEADY_FORMAT, STEADY_VERSION, validate_steady_state
+from hf_varinit.report.steady_state import AnalysisOptions, KeyAnalysis, analyze, analyze_series
+from hf_varinit.report.transfer import RECIPE_KEYS, TransferFit, recipe_of, transfer_section
 
 __all__ = ["AnalysisOptions", "KeyAnalysis", "VarianceReport", "analyze", "analyze_series"]
 
-STEADY_FORMAT = "hf_varinit.steady_state"  # a file-format id, not a module path: never renamed
-STEADY_VERSION = 1
-STEADY_FILENAME = "steady_state.json"
 CARD_FILENAME = "README.md"
 CONFIG_FILENAME = "config.json"
 
@@ -65,6 +57,7 @@ class VarianceReport:
             described in the card's text (metadata ``dataset``).
         license (`str`): the card's license (the run's ``license`` metadata, else ``apache-2.0``).
         base_model (`str` or `None`): the hub model id a report of one set of weights was made from.
+        transfer (`TransferFit` or `None`): a multi-run report's runs and width fit (``hf-varinit report A B``).
     """
 
     def __init__(
@@ -72,16 +65,11 @@ class VarianceReport:
         n_layer: int | None, config: dict, rule: str | None, metadata: dict | None = None,
         stats: VarianceStats | None = None, title: str | None = None, datasets: list[str] | None = None,
         origin: str | None = None, license: str | None = None, base_model: str | None = None,
+        transfer: TransferFit | None = None,
     ) -> None:
-        self.tensors = tensors
-        self.options = options
-        self.model_type = model_type or "unknown"
-        self.n_layer = n_layer
-        self.config = dict(config)
-        self.rule = rule
-        self.metadata = dict(metadata or {})
-        self.stats = stats
-        self.title = title
+        self.tensors, self.options, self.model_type, self.n_layer = tensors, options, model_type or "unknown", n_layer
+        self.config, self.rule, self.metadata = dict(config), rule, dict(metadata or {})
+        self.stats, self.title, self.transfer = stats, title, transfer
         self.datasets = check_dataset_ids(datasets) if datasets else hub_dataset_ids(self.metadata)
         self.origin = origin
         self.license = license or _str_or_none(self.metadata.get("license")) or DEFAULT_LICENSE
@@ -166,6 +154,7 @@ class VarianceReport:
             doc = json.loads(path.read_bytes().decode("utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ReportError(f"{path}: cannot read {STEADY_FILENAME}: {exc}") from exc
+        validate_steady_state(doc, str(path))  # every field's type, the bad one named by its path
         try:
             fields = _parse_steady_state(doc)
         except ReportError as exc:
@@ -207,7 +196,12 @@ class VarianceReport:
     @property
     def layers(self) -> dict[int, int | None]:
         """``{layer: equilibration step}`` (the latest over the layer's tensors)."""
-        return layer_equilibration(self.tensors)
+        return steady_state.layer_equilibration(self.tensors)
+
+    @property
+    def recipe(self) -> dict[str, Any] | None:
+        """The optimizer, lr, lr_schedule and warmup_steps V(W) was measured under (None: unknown, a snapshot)."""
+        return recipe_of({**(self.stats.metadata if self.stats is not None else {}), **self.metadata})
 
     @property
     def nonstationary_keys(self) -> list[str]:
@@ -217,7 +211,7 @@ class VarianceReport:
     @property
     def is_snapshot(self) -> bool:
         """Whether this report is of one set of weights (``report --from-model``), not of a training record."""
-        return is_snapshot(self.metadata)
+        return steady_state.is_snapshot(self.metadata)
 
     @property
     def source_description(self) -> str:
@@ -248,7 +242,8 @@ class VarianceReport:
         return build_card(
             self.tensors, reference=reference, options=self.options, model_type=self.model_type,
             n_layer=self.n_layer, rule=self.rule, metadata=self.metadata, datasets=self.datasets, stats=self.stats,
-            title=self.title, extra_sections=extra_sections, license=self.license, base_model=self.base_model,
+            title=self.title, extra_sections=[*transfer_section(self.transfer), *extra_sections],
+            license=self.license, base_model=self.base_model,
         )
 
     def to_steady_state(self) -> dict:
@@ -264,6 +259,7 @@ class VarianceReport:
             "tensors": {k: a.to_dict() for k, a in self.tensors.items()},
             "layers": {} if self.is_snapshot else {
                 str(layer): {"equilibration_step": s} for layer, s in self.layers.items()},
+            "recipe": self.recipe, **({"transfer": self.transfer.to_dict()} if self.transfer else {}),
         }
 
     # --- writing ------------------------------------------------------------------------------
@@ -272,7 +268,8 @@ class VarianceReport:
         """Write the report folder; returns it.
 
         Files: ``README.md`` (model card), ``steady_state.json``, ``config.json`` (the model config, when
-        known), ``variance.safetensors`` (when the record is known), ``qkv_variance.png``, ``equilibration.png``,
+        known), ``variance.safetensors`` (when the record is known), ``qkv_variance.png``,
+        ``qkv_variance_vs_cumulative_lr.png`` (when the lr schedule is known), ``equilibration.png``,
         ``steady_state_vs_depth.png`` (a report of one set of weights has only the last plot). Everything is
         written into a temporary folder first, which is then renamed into place. Folders get mode 0o755 and
         files 0o644 (under the usual umask 022).
@@ -287,10 +284,8 @@ class VarianceReport:
             ReportError: ``folder`` exists, is not empty and ``overwrite`` is False (nothing is written).
         """
         reference = reference or str(folder)
-        if isinstance(extra_sections, str):
-            extra_sections = [extra_sections]
-        if isinstance(extra_sections, (list, tuple)):
-            extra_sections = list(extra_sections)
+        extra_sections = [extra_sections] if isinstance(extra_sections, str) else (
+            list(extra_sections) if isinstance(extra_sections, (list, tuple)) else extra_sections)
         if not isinstance(extra_sections, list) or not all(isinstance(x, str) for x in extra_sections):
             raise ReportError(f"extra_sections={extra_sections!r} must be a list of markdown strings")
         return save_folder(folder, lambda tmp: self._write_files(tmp, reference, extra_sections),
@@ -336,8 +331,7 @@ class VarianceReport:
 
 
 def _validate_v_w(tensors: dict[str, KeyAnalysis], where: str) -> None:
-    for key, a in tensors.items():
-        v = a.v_w
+    for key, v in ((k, a.v_w) for k, a in tensors.items()):
         if v is None or not math.isfinite(v) or v <= 0:
             raise ReportError(f"{where}: tensor {key!r} has V(W) = {v!r}; every v_w must be finite and > 0 "
                               "(a diverged or empty record cannot define an init)")
@@ -380,6 +374,7 @@ def _parse_steady_state(doc: Any) -> dict[str, Any]:
             drift=_opt(t, "drift", num), equilibration_step=_opt(t, "equilibration_step", (int,)),
             band=_opt(t, "band", num, 0.10), init_var=_opt(t, "init_var", num),
             ratio=_opt(t, "ratio", num), reason=_opt(t, "reason", (str,)),
+            window_lr_share=_opt(t, "window_lr_share", num), window_lr_fraction=_opt(t, "window_lr_fraction", num),
         )
     config = doc.get("config") or {}
     if not isinstance(config, dict):
@@ -388,12 +383,14 @@ def _parse_steady_state(doc: Any) -> dict[str, Any]:
     metadata = {name: doc[field] for name, field in (("source", "source"), ("dataset", "dataset_description"),
                                                    ("checkpoint", "checkpoint"), ("hub_id", "base_model"))
                 if isinstance(doc.get(field), str) and doc[field]}
+    recipe = doc.get("recipe") if isinstance(doc.get("recipe"), dict) else {}
+    metadata.update({k: recipe[k] for k in RECIPE_KEYS if recipe.get(k) is not None})
     return dict(
         tensors=tensors, options=AnalysisOptions.from_dict(doc.get("options") or {}),
         model_type=_opt(doc, "model_type", (str,)), n_layer=_opt(doc, "n_layer", (int,)), config=config,
         rule=_opt(doc, "rule", (str,)), metadata=metadata, title=_opt(doc, "title", (str,)),
         datasets=[d for d in datasets if is_repo_id(d)] if isinstance(datasets, list) else None,
-        license=_opt(doc, "license", (str,)),
+        license=_opt(doc, "license", (str,)), transfer=TransferFit.from_dict(doc.get("transfer")),
     )
 
 

@@ -8,7 +8,8 @@ Definitions (tolerances are fields of :class:`AnalysisOptions`):
   least-squares line of the statistic against the step over the window and ``mean`` its window mean:
   the relative change the fitted trend makes across the window. (Chosen over a half-window difference
   because it uses every point, so it is less sensitive to noise.)
-* **Stationary**: ``S >= min_window``, every value in the window finite, and ``drift < drift_tol``.
+* **Stationary**: ``S >= min_window``, every value in the window finite, ``drift < drift_tol`` and, when the
+  record gives its lr schedule, the window's lr fraction ``>= min_lr_fraction`` (below).
 * **V(W)**: the window mean of ``options.stat`` (``second_moment`` by default, E[W^2]) when stationary.
   When not stationary, ``v_w`` is the **last recorded value**, ``stationary=False`` and ``reason`` says
   why; it is never silently averaged.
@@ -18,6 +19,17 @@ Definitions (tolerances are fields of :class:`AnalysisOptions`):
   the series is not stationary. Of a layer: the max over the layer's tensors (``None`` if any is None).
 * **Ratio**: ``v_w / init_var``; ``init_var = init_std**2`` from the tracked metadata when known, else
   the first recorded value of ``options.stat``.
+* **Schedule-aware stationarity**: for a record of ``hf-varinit pretrain`` (metadata ``source == "training"``
+  with ``lr``, ``warmup_steps`` and ``max_steps``; ``lr_schedule`` ``"cosine"`` or ``"constant"``, absent =
+  ``"cosine"``, as before that key was written) the learning rate of every update is known exactly
+  (`learning_rates`, transformers' `get_scheduler`, as the loop builds it). The window's **lr share** is the lr
+  summed over the updates inside the window divided by the lr summed over the whole record, and its **lr
+  fraction** the mean lr inside the window divided by the peak lr. A window whose lr fraction is below
+  ``min_lr_fraction`` is **not stationary** whatever its drift: under a decayed lr a flat curve cannot be told
+  from "lr ~ 0" (variance that rises linearly in cumulative lr looks flat once the lr has decayed). Records
+  without that metadata (MLP studies, Trainer callbacks, snapshots) keep the drift test alone, and their
+  lr share and fraction are None. A run continued to a larger ``max_steps`` rebuilt its schedule: its lr
+  before the continuation is then approximate.
 * **Snapshots**: a record made from a set of weights (metadata ``source == "checkpoint"``, see
   `hf_varinit.record.from_checkpoint`) has one record. Its ``v_w`` is that snapshot's second moment, and
   nothing is judged: ``stationary`` is None (not judged), no window, drift, spread or equilibration step.
@@ -31,11 +43,17 @@ from collections.abc import Collection
 from typing import Any
 
 import numpy as np
+import torch
+from transformers import get_scheduler
 
 from hf_varinit.record.stats_file import VarianceStats
 from hf_varinit.report.options import AnalysisOptions
 
-__all__ = ["AnalysisOptions", "KeyAnalysis", "analyze", "analyze_series", "is_snapshot", "layer_equilibration"]
+__all__ = ["SCHEDULER_NAMES", "AnalysisOptions", "KeyAnalysis", "analyze", "analyze_series", "cumulative_lr",
+           "is_snapshot", "layer_equilibration", "learning_rates", "record_schedule"]
+
+# hf-varinit pretrain's --lr-schedule -> transformers.get_scheduler name (both after a linear warmup)
+SCHEDULER_NAMES = {"cosine": "cosine", "constant": "constant_with_warmup"}
 
 
 @dataclasses.dataclass
@@ -55,6 +73,8 @@ class KeyAnalysis:
     init_var: float | None
     ratio: float | None
     reason: str | None = None
+    window_lr_share: float | None = None  # lr summed inside the window / over the record (None: schedule unknown)
+    window_lr_fraction: float | None = None  # mean lr inside the window / peak lr (None: schedule unknown)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (non-finite floats become None)."""
@@ -69,14 +89,18 @@ def _finite_or_none(x: float | None) -> float | None:
 
 def analyze_series(
     step: np.ndarray, values: np.ndarray, var: np.ndarray | None = None,
-    options: AnalysisOptions | None = None,
+    options: AnalysisOptions | None = None, lr: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Analyse one series: returns ``stationary, v_w, window, spread, drift, equilibration_step, reason``.
+    """Analyse one series: returns ``stationary, v_w, window, spread, drift, equilibration_step, reason,
+    window_lr_share, window_lr_fraction``.
 
     Args:
         step (`np.ndarray`): [S] recorded steps.
         values (`np.ndarray`): [S] the statistic giving V(W) (``options.stat``).
         var (`np.ndarray`, *optional*): [S] the variance used for equilibration (defaults to ``values``).
+        lr (`np.ndarray`, *optional*): the learning rate of every update (``lr[i]`` made step ``i + 1``; see
+            `learning_rates`), at least up to the last recorded step, its maximum the peak lr; adds the
+            schedule-aware test.
     """
     opts = options or AnalysisOptions()
     step = np.asarray(step, dtype=np.float64)
@@ -84,13 +108,15 @@ def analyze_series(
     v = x if var is None else np.asarray(var, dtype=np.float64)
     n = x.shape[0]
     out: dict[str, Any] = dict(stationary=False, v_w=None, window=None, spread=None, drift=None,
-                               equilibration_step=None, reason=None)
+                               equilibration_step=None, reason=None, window_lr_share=None, window_lr_fraction=None)
     if n == 0:
         out["reason"] = "no records"
         return out
     n_w = min(n, max(opts.min_window, math.ceil(opts.window_fraction * n)))
     ws, wx = step[-n_w:], x[-n_w:]
     out["window"] = (int(ws[0]), int(ws[-1]))
+    if lr is not None:
+        out.update(_window_lr(lr, int(step[0]), int(ws[0]), int(ws[-1])))
     finite = bool(np.all(np.isfinite(wx)))
     if finite:
         mean = float(wx.mean())
@@ -105,6 +131,11 @@ def analyze_series(
         out["reason"] = "non-finite values in the trailing window"
     elif out["drift"] is None or not out["drift"] < opts.drift_tol:
         out["reason"] = f"drift {out['drift']:.3g} over the trailing window >= drift_tol={opts.drift_tol}"
+    elif out["window_lr_fraction"] is not None and out["window_lr_fraction"] < opts.min_lr_fraction:
+        out["reason"] = (f"lr decayed to {100 * out['window_lr_fraction']:.3g}% of peak in the trailing window "
+                         f"(its mean; min_lr_fraction={opts.min_lr_fraction:g}, the window got "
+                         f"{100 * out['window_lr_share']:.3g}% of the lr budget): the plateau cannot be told "
+                         "from lr ~ 0")
     else:
         out["stationary"] = True
     if not out["stationary"]:
@@ -127,13 +158,16 @@ def analyze(stats: VarianceStats, options: AnalysisOptions | None = None) -> dic
     opts = options or AnalysisOptions()
     result: dict[str, KeyAnalysis] = {}
     snapshot = is_snapshot(stats.metadata)
+    lr = None if snapshot or not len(stats) else learning_rates(stats.metadata)  # the whole schedule: its peak
+    if lr is not None and int(stats.step[-1]) > lr.size:  # a record past max_steps: not this schedule
+        lr = None
     for j, info in enumerate(stats.tracked):
         values, var = getattr(stats, opts.stat)[:, j], stats.var[:, j]
         if snapshot:
             a = dict(stationary=None, v_w=float(values[-1]), window=None, spread=None, drift=None,
                      equilibration_step=None, reason="one snapshot of weights: not judged")
         else:
-            a = analyze_series(stats.step, values, var, opts)
+            a = analyze_series(stats.step, values, var, opts, lr=lr)
         init_std = info.get("init_std")
         if isinstance(init_std, (int, float)) and not isinstance(init_std, bool) and math.isfinite(init_std):
             init_var = float(init_std) ** 2
@@ -146,6 +180,66 @@ def analyze(stats: VarianceStats, options: AnalysisOptions | None = None) -> dic
             band=opts.band, init_var=init_var, ratio=ratio, **a,
         )
     return result
+
+
+def _window_lr(lr: np.ndarray, first: int, start: int, end: int) -> dict[str, float | None]:
+    """The window's lr share (updates ``start..end-1`` over ``first..end-1``) and lr fraction (mean / peak)."""
+    cum = np.concatenate([[0.0], np.cumsum(lr, dtype=np.float64)])
+    total, inside = cum[end] - cum[first], cum[end] - cum[start]
+    peak = float(np.max(lr)) if lr.size else 0.0
+    if end <= start or total <= 0 or peak <= 0:
+        return {"window_lr_share": None, "window_lr_fraction": None}
+    return {"window_lr_share": float(inside / total), "window_lr_fraction": float(inside / (end - start) / peak)}
+
+
+def record_schedule(metadata: dict) -> dict[str, Any] | None:
+    """``{"lr_schedule", "lr", "warmup_steps", "max_steps"}`` of an ``hf-varinit pretrain`` record, or None when
+    the metadata does not give the schedule (MLP and Trainer records, snapshots, an unknown ``lr_schedule``).
+
+    A record made before ``lr_schedule`` was written has a cosine schedule (the only one then).
+    """
+    m = metadata
+    schedule = m.get("lr_schedule", "cosine")
+    lr, warmup, max_steps = m.get("lr"), m.get("warmup_steps"), m.get("max_steps")
+    if (m.get("source") != "training" or schedule not in SCHEDULER_NAMES
+            or not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0)
+            or not (type(warmup) is int and warmup >= 0) or not (type(max_steps) is int and max_steps > 0)):
+        return None
+    return {"lr_schedule": schedule, "lr": float(lr), "warmup_steps": warmup, "max_steps": max_steps}
+
+
+def learning_rates(metadata: dict, last_step: int | None = None) -> np.ndarray | None:
+    """The learning rate of every update of an ``hf-varinit pretrain`` run: ``lr[i]`` took step ``i`` to ``i + 1``.
+
+    Computed with transformers' `get_scheduler` on a throwaway optimizer, exactly as the training loop builds
+    its scheduler (``SCHEDULER_NAMES``). None when `record_schedule` is None or ``last_step`` lies past
+    ``max_steps``.
+
+    Args:
+        metadata (`dict`): the record's metadata.
+        last_step (`int`, *optional*): return the updates up to this step (default ``max_steps``).
+    """
+    s = record_schedule(metadata)
+    n = s["max_steps"] if s is not None and last_step is None else last_step
+    if s is None or n is None or not 0 <= n <= s["max_steps"]:
+        return None
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=s["lr"])
+    scheduler = get_scheduler(SCHEDULER_NAMES[s["lr_schedule"]], optimizer, num_warmup_steps=s["warmup_steps"],
+                              num_training_steps=s["max_steps"])
+    multiplier = scheduler.lr_lambdas[0]
+    return np.array([s["lr"] * multiplier(i) for i in range(n)], dtype=np.float64)
+
+
+def cumulative_lr(metadata: dict, steps: np.ndarray) -> np.ndarray | None:
+    """The lr summed over the updates before each recorded step (``sum(lr[:step])``); None when the schedule is
+    unknown (see `learning_rates`)."""
+    steps = np.asarray(steps, dtype=np.int64)
+    if steps.size == 0 or steps.min() < 0:
+        return None
+    lr = learning_rates(metadata, last_step=int(steps.max()))
+    if lr is None:
+        return None
+    return np.concatenate([[0.0], np.cumsum(lr)])[steps]
 
 
 def is_snapshot(metadata: dict) -> bool:

@@ -24,7 +24,7 @@ __all__ = ["CLAIM_BAND", "COMPARE_QUICK", "STUDIES", "SWEEP_QUICK", "CalibrateCo
            "MLPPilotConfig", "SweepConfig", "add_config_arguments", "config_values", "default_stds"]
 
 CLAIM_BAND = (1e-2, 1e-1)  # the stability band the second study claims for the initial std
-STUDIES = ("init", "optimal")
+STUDIES = ("init", "optimal", "lm")  # lm: `hf_varinit.studies.lm_compare`, its own flags
 RUNS = "runs"  # where study reports go by default (model_cards/ holds the committed evidence)
 
 
@@ -54,9 +54,14 @@ class SweepConfig:
     num_stds: int = _opt("points of the log grid", 13)
     seeds: list[int] = _opt("seeds of every point", factory=lambda: [0, 1, 2])
     width: int = _opt("hidden width of every layer", 128)
+    widths: list[int] | None = _opt("several hidden widths (replaces --width), e.g. 64 128 256 to test the "
+                                    "sqrt(2/width) scaling of the band", shown="--width")
     steps: int | None = _opt("SGD steps per point (wins over --epochs)", 600)
     epochs: int | None = _opt("epochs per point, instead of --steps (give --steps none)")
     lr: float = _opt("plain SGD learning rate", 0.05)
+    lrs: list[float] | None = _opt("best-of-k: train every point at each lr, keep the lowest final train loss",
+                                   shown="--lr")
+    weight_decay: float = _opt("SGD weight decay (L2 term lambda*w added to the gradient)", 0.0)
     batch_size: int = _opt("batch size", 64)
     max_train: int | None = _opt("subsample the training split to this many examples", shown="all")
     stable_fraction: float = _opt("tau: stable needs final train loss <= tau*ln(C)", 0.5)
@@ -74,8 +79,11 @@ class SweepConfig:
             raise ConfigError("sweep: datasets, depths, stds and seeds must each be non-empty")
         if any(s <= 0 or not math.isfinite(s) for s in self.stds):
             raise ConfigError(f"sweep: stds={self.stds} must all be finite and > 0")
-        if min(self.depths) < 1 or self.width < 1:
-            raise ConfigError(f"sweep: depths={self.depths} and width={self.width} must be >= 1")
+        self.widths = list(self.widths or [self.width])
+        self.lrs = list(self.lrs or [self.lr])
+        if min(self.depths) < 1 or min(self.widths) < 1:
+            raise ConfigError(f"sweep: depths={self.depths} and widths={self.widths} must be >= 1")
+        _check_lrs("sweep", self.lrs, self.weight_decay)
         if not 0 < self.stable_fraction < 1:
             raise ConfigError(f"sweep: stable_fraction={self.stable_fraction} must lie in (0, 1), e.g. 0.5")
         if not self.signal_bound > 1:
@@ -100,12 +108,23 @@ class CompareConfig:
     lr: float | None = _opt("plain SGD learning rate", shown="init: 0.01, optimal: 0.05")
     steps: int | None = _opt("SGD steps per run", shown="init: 1000, optimal: 1500")
     batch_size: int = _opt("batch size", 64)
-    eval_every: int | None = _opt("full-train-loss interval", shown="steps/50")
-    target_loss: float | None = _opt("train loss of the steps-to-target column", shown="0.5")
+    lrs: list[float] | None = _opt("learning-rate grid: every arm runs at each lr (optimal: pilots per lr); the "
+                                   "card picks each arm's best lr and counts divergences", shown="--lr")
+    weight_decay: float = _opt("SGD weight decay lambda (L2: lambda*w added to the gradient; with plain SGD the "
+                               "same as decoupled decay by lr*lambda per step), pilots included", 0.0)
+    eval_every: int | None = _opt("full-train-loss interval", shown="init: steps/50, optimal: 10")
+    target_loss: float | None = _opt("train loss of the steps-to-target column (--study lm: eval loss to reach)",
+                                     shown="the first of --target-losses")
+    target_losses: list[float] | None = _opt("train losses of the steps-to-target columns",
+                                             shown="init: 0.5 0.1, optimal: 0.01 0.005")
+    alphas: list[float] | None = _opt("optimal: scale arms s0² = alpha·V(W) on every layer (alpha 1 is 'optimal'), "
+                                      "paired with He-normal; replaces the optimal/xavier arms", shown="none")
+    head_only: bool = _opt("optimal, with --alphas: also the head-only arms (hidden layers at He, head at "
+                           "alpha·V(W)_head; alpha 1 is He with the head at V(W)_head)", False)
     max_train: int | None = _opt("subsample the training split to this many examples", shown="all")
     pilot_seed: int = _opt("optimal: seed of the He-normal pilot and of the calibration pilots", 1000)
     record_every: int | None = _opt("optimal: pilot record interval", shown="steps/100")
-    calibration_rounds: int = _opt("optimal: most calibration pilots", 4)
+    calibration_rounds: int = _opt("optimal: most calibration pilots (0: no calibrated arm)", 4)
     calibration_tol: float = _opt("optimal: calibration tolerance (max relative change)", 0.05)
     output: str | None = _opt("report folder ('' writes nothing)", shown=f"{RUNS}/<study>-<dataset>")
     overwrite: bool = _opt("replace an existing report folder", False)
@@ -121,9 +140,24 @@ class CompareConfig:
         if len(self.seeds) < 1 or self.steps < 1 or self.depth < 1 or self.width < 1:
             raise ConfigError(f"compare: seeds={self.seeds}, steps={self.steps}, depth={self.depth}, width="
                               f"{self.width} must be non-empty / >= 1")
-        self.eval_every = self.eval_every or max(1, self.steps // 50)
+        self.eval_every = self.eval_every or (10 if self.study == "optimal" else max(1, self.steps // 50))
         self.record_every = self.record_every or max(1, self.steps // 100)
-        self.target_loss = 0.5 if self.target_loss is None else self.target_loss
+        if self.target_losses is None:
+            self.target_losses = ([self.target_loss] if self.target_loss is not None else
+                                  [0.01, 0.005] if self.study == "optimal" else [0.5, 0.1])
+        self.target_losses = [float(t) for t in self.target_losses]
+        self.target_loss = self.target_losses[0] if self.target_losses else None
+        self.lrs = [float(x) for x in (self.lrs or [self.lr])]
+        _check_lrs("compare", self.lrs, self.weight_decay)
+        if self.alphas is not None and (not self.alphas or any(not (a > 0 and math.isfinite(a)) for a in self.alphas)):
+            raise ConfigError(f"compare: alphas={self.alphas} must be finite and > 0, e.g. 0.25 0.5 1 2 4")
+        if (self.alphas is not None or self.head_only) and self.study != "optimal":
+            raise ConfigError("compare: --alphas / --head-only belong to --study optimal")
+        if self.head_only and not self.alphas:
+            raise ConfigError("compare: --head-only scales the head by each of --alphas; give --alphas too")
+        if self.calibration_rounds < 0 or any(t <= 0 for t in self.target_losses):
+            raise ConfigError(f"compare: calibration_rounds={self.calibration_rounds} must be >= 0 and "
+                              f"target_losses={self.target_losses} > 0")
         if self.output is None:
             self.output = f"{RUNS}/{self.stem}-{self.dataset}"
 
@@ -167,10 +201,20 @@ class CalibrateConfig:
     rounds: int = _opt("most pilot runs", 4)
     tol: float = _opt("stop when the max relative change of V(W) is below this", 0.05)
     initial_rule: str = _opt("init rule of round 0", "kaiming")
+    start_scales: list[float] | None = _opt("round 0 at --initial-rule with every variance times each scale, e.g. "
+                                            "0.5 1 2: one calibration per start, a table of the calibrated V(W) "
+                                            "per start (does the fixed point depend on the start?)", shown="1")
     drift_tol: float | None = _opt("steady-state drift tolerance", shown="0.05, as hf-varinit report")
     window_fraction: float | None = _opt("steady-state trailing window", shown="0.25, as hf-varinit report")
     output: str | None = _opt("report folder", shown=f"{RUNS}/mlp-calibrated-<dataset>, or {RUNS}/<model>-calibrated")
     overwrite: bool = _opt("replace an existing report folder", False)
+
+
+def _check_lrs(study: str, lrs: list[float], weight_decay: float) -> None:
+    if not lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in lrs):
+        raise ConfigError(f"{study}: lrs={lrs} must be finite and > 0, e.g. 0.01 0.03 0.1")
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise ConfigError(f"{study}: weight_decay={weight_decay} must be finite and >= 0, e.g. 0.1")
 
 
 # ----------------------------------------------------------------------------- fields -> flags

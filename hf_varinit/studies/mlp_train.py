@@ -42,6 +42,7 @@ class MLPRun:
         eval_steps / eval_losses: full-training-set loss (eval mode) at step 0 and every ``eval_every`` steps.
         final_train_loss: full-training-set loss at the end (eval mode); ``inf`` when diverged.
         test_accuracy: accuracy on the test split at the end (``nan`` when ``eval=False``).
+        test_loss: mean cross-entropy (NLL) on the test split at the end (``nan`` when ``eval=False``).
         steps: optimizer steps taken.
         diverged: a non-finite loss stopped training.
         recorder: the `VarianceRecorder` when ``record_every`` was set, else None.
@@ -58,6 +59,7 @@ class MLPRun:
     eval_losses: list[float] = field(default_factory=list)
     recorder: VarianceRecorder | None = None
     stats: dict[str, np.ndarray] | None = None
+    test_loss: float = math.nan
 
 
 def build_mlp(data, depth: int, width: int, rule: Any, seed: int, activation: str = "relu") -> nn.Module:
@@ -209,7 +211,7 @@ def _train(model, data, *, optimizer, lr, momentum, weight_decay, batch_size, ep
         run.recorder, run.stats = recorder, recorder.arrays()
     if eval:
         run.final_train_loss = math.inf if run.diverged else evaluate(model, x, y)[0]
-        run.test_accuracy = evaluate(model, x_test, y_test)[1]
+        run.test_loss, run.test_accuracy = evaluate(model, x_test, y_test)
     elif run.diverged:
         run.final_train_loss = math.inf
     return run

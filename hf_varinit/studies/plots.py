@@ -28,11 +28,11 @@ def _colormap(name: str):
 
 
 def sweep_plot(rows: list[dict], bands: list[dict], cfg: SweepConfig, path: Path) -> None:
-    """Final train loss and test accuracy against the initial std, one column per dataset, one line per depth.
+    """Final train loss and test accuracy against the initial std, one column per dataset, one line per (depth, width).
 
     Args:
         rows (`list[dict]`): the sweep's per-seed rows.
-        bands (`list[dict]`): the stability band per (dataset, depth), shaded.
+        bands (`list[dict]`): the stability band per (dataset, depth, width), shaded.
         cfg (`SweepConfig`): the sweep's settings (depths, std grid, stable fraction).
         path (`Path`): the PNG to write.
     """
@@ -40,23 +40,25 @@ def sweep_plot(rows: list[dict], bands: list[dict], cfg: SweepConfig, path: Path
     fig = _figure(4.2 * len(datasets) + 0.8, 6.4)
     axes = fig.subplots(2, len(datasets), squeeze=False)  # (loss, accuracy) x datasets
     cmap = _colormap("viridis")
-    colors = {d: cmap(i / max(len(cfg.depths) - 1, 1)) for i, d in enumerate(cfg.depths)}
+    lines = [(d, w) for d in cfg.depths for w in cfg.widths]
+    colors = {key: cmap(i / max(len(lines) - 1, 1)) for i, key in enumerate(lines)}
     for j, ds in enumerate(datasets):
         chance = next(r["chance_loss"] for r in rows if r["dataset"] == ds)
         cap = 3 * chance
-        for depth in cfg.depths:
-            pts = [r for r in rows if r["dataset"] == ds and r["depth"] == depth]
+        for depth, width in lines:
+            pts = [r for r in rows if r["dataset"] == ds and r["depth"] == depth and r["width"] == width]
             if not pts:
                 continue
+            label = f"depth {depth}" + (f", width {width}" if len(cfg.widths) > 1 else "")
             stds = cfg.stds
             loss = [np.mean([min(r["final_train_loss"], cap) for r in pts if r["std"] == s]) for s in stds]
             acc = [np.mean([r["test_accuracy"] for r in pts if r["std"] == s]) for s in stds]
-            axes[0][j].plot(stds, loss, "o-", color=colors[depth], ms=3, label=f"depth {depth}")
-            axes[1][j].plot(stds, acc, "o-", color=colors[depth], ms=3, label=f"depth {depth}")
-            band = next(b for b in bands if b["dataset"] == ds and b["depth"] == depth)
+            axes[0][j].plot(stds, loss, "o-", color=colors[depth, width], ms=3, label=label)
+            axes[1][j].plot(stds, acc, "o-", color=colors[depth, width], ms=3, label=label)
+            band = next(b for b in bands if b["dataset"] == ds and b["depth"] == depth and b["width"] == width)
             if band["band_lo"] is not None:
                 for ax in (axes[0][j], axes[1][j]):
-                    ax.axvspan(band["band_lo"], band["band_hi"], color=colors[depth], alpha=0.12)
+                    ax.axvspan(band["band_lo"], band["band_hi"], color=colors[depth, width], alpha=0.12)
         axes[0][j].axhline(chance, color="grey", ls="--", lw=0.8, label="chance ln C")
         axes[0][j].axhline(cfg.stable_fraction * chance, color="grey", ls=":", lw=0.8, label="stable threshold")
         axes[0][j].set_title(f"{ds}: final train loss (clipped at 3 ln C)")
@@ -88,9 +90,9 @@ def compare_plot(curves: list[dict], groups: list[dict], cfg: CompareConfig, pat
         for i, g in enumerate(x for x in groups if x["activation"] == act):
             pts = [c for c in curves if c["arm"] == g["arm"]]
             steps = sorted(set(c["step"] for c in pts))
-            # (steps, seeds)
-            vals = np.array([[c["train_loss"] for c in pts if c["step"] == s] for s in steps], dtype=float)
-            mean, std = vals.mean(axis=1), vals.std(axis=1)
+            # per step, the seeds still running there (a diverged run's curve stops early)
+            vals = [np.array([c["train_loss"] for c in pts if c["step"] == s], dtype=float) for s in steps]
+            mean, std = np.array([v.mean() for v in vals]), np.array([v.std() for v in vals])
             ax.plot(steps, mean, color=cmap(i), label=f"{g['arm']} (n={g['n_seeds']})")
             ax.fill_between(steps, mean - std, mean + std, color=cmap(i), alpha=0.2)
         ax.axhline(cfg.target_loss, color="grey", ls=":", lw=0.8, label=f"target {cfg.target_loss:g}")

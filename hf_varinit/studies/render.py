@@ -1,9 +1,11 @@
-"""Shared writing helpers of the studies: report folders written atomically, CSV text, seed statistics, cards."""
+"""Shared writing helpers of the studies: report folders written atomically, CSV text, seed statistics, cards, and
+the per-run cache that makes a long study resumable."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -14,7 +16,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from hf_varinit.calibrate import check_output
 from hf_varinit.io_utils import atomic_folder
 
-__all__ = ["csv_text", "mean_std", "model_card", "write_folder"]
+__all__ = ["RunCache", "csv_text", "mean_std", "model_card", "write_folder"]
 
 CARD_TEMPLATE = "---\n{{ card_data }}\n---\n{{ body }}"  # YAML metadata, then the study's markdown
 
@@ -77,3 +79,42 @@ def model_card(*, tags: Sequence[str], datasets: Sequence[str], body: str, extra
     data = ModelCardData(library_name="hf_varinit", tags=list(dict.fromkeys(["hf-varinit", *tags])),
                          datasets=list(datasets) or None, **(extra or {}))
     return str(ModelCard.from_template(data, template_str=CARD_TEMPLATE, body=body))
+
+
+class RunCache:
+    """Per-run results appended to ``<output>.runs.jsonl`` as they finish, so a study stopped half-way resumes.
+
+    Each line is ``{"fingerprint", "key", "value"}``; only lines whose fingerprint (the settings that change a run)
+    matches are reused, and a torn last line is skipped. `clear` removes the file once the report is written.
+    """
+
+    def __init__(self, output: str | os.PathLike[str] | None, fingerprint: dict):
+        self.path = Path(f"{output}.runs.jsonl") if output else None
+        self.fingerprint = json.dumps(fingerprint, sort_keys=True, default=str)
+        self.values: dict[str, dict] = {}
+        if self.path is not None and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if item.get("fingerprint") == self.fingerprint:
+                    self.values[item["key"]] = item["value"]
+
+    def get(self, key: str) -> dict | None:
+        """The cached value of ``key``, or None."""
+        return self.values.get(key)
+
+    def put(self, key: str, value: dict) -> None:
+        """Remember ``value`` under ``key`` (appended to the file at once)."""
+        self.values[key] = value
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps({"fingerprint": self.fingerprint, "key": key, "value": value},
+                                   default=str) + "\n")
+
+    def clear(self) -> None:
+        """Remove the file (the study's report is written)."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

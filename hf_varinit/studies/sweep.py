@@ -12,8 +12,17 @@ Regime of a point (measured numbers only; C classes, chance loss L0 = ln C, tau 
 * **vanishing**: ``act_ratio < 1/B``, or L > tau * L0 with ``act_ratio < 1``;
 * **stable**: otherwise: training brought L to at most tau * L0 and the signal at init stayed within B of the input.
 
-The **stability band** of a (dataset, depth) is the longest contiguous run of grid stds that are stable in the
-majority of seeds; its edges are grid points (the true edge lies within one grid step outside them).
+With several ``lrs`` every point trains at each lr and keeps the run with the lowest final training loss
+(best-of-k); the regime and the numbers are that run's.
+
+The **stability band** of a (dataset, depth, width) is the longest contiguous run of grid stds that are stable in
+the majority of seeds; its edges are grid points (the true edge lies within one grid step outside them). Each edge
+is classified by the **cause** of failure at the first grid std outside it (majority over seeds):
+
+* ``vanishing-at-init``: act_ratio < 1/B (the forward signal at init is lost);
+* ``exploding-at-init``: act_ratio > B (forward explosion at init);
+* ``sgd-divergence``: the signal at init is within B, but training diverged (non-finite loss) at every lr tried;
+* ``undertrained``: signal within B and no divergence, but L > tau * L0 after training.
 
 Example:
     >>> result = run_sweep(SweepConfig(datasets=["wine"], depths=[3], stds=[1e-3, 1e-1], output=None))
@@ -40,15 +49,17 @@ from hf_varinit.studies.configs import CLAIM_BAND, SweepConfig
 from hf_varinit.studies.datasets import load_classification
 from hf_varinit.studies.mlp_train import build_mlp, init_diagnostics, train_mlp
 from hf_varinit.studies.plots import sweep_plot
-from hf_varinit.studies.render import csv_text, write_folder
+from hf_varinit.studies.render import RunCache, csv_text, write_folder
 
-__all__ = ["CSV_COLUMNS", "REGIMES", "SweepConfig", "SweepResult", "classify", "run_sweep", "stability_bands",
-           "sweep_command"]
+__all__ = ["CAUSES", "CSV_COLUMNS", "REGIMES", "SweepConfig", "SweepResult", "classify", "failure_cause",
+           "run_sweep", "stability_bands", "sweep_command"]
 
 REGIMES = ("vanishing", "stable", "exploding")
+CAUSES = ("ok", "vanishing-at-init", "exploding-at-init", "sgd-divergence", "undertrained")
 CSV_COLUMNS = [
-    "dataset", "depth", "width", "std", "seed", "regime", "trained", "final_train_loss", "test_accuracy", "chance_loss",
-    "diverged", "steps", "act_ratio", "input_ms", "act_var", "act_ms", "grad_norm", "init_loss",
+    "dataset", "depth", "width", "std", "seed", "regime", "cause", "lr", "diverged_lrs", "trained",
+    "final_train_loss", "test_accuracy", "chance_loss", "diverged", "steps", "act_ratio", "input_ms", "act_var",
+    "act_ms", "grad_norm", "init_loss",
 ]
 
 
@@ -74,35 +85,63 @@ def classify(final_loss: float, diverged: bool, act_ratio: float, chance_loss: f
     return "exploding" if act_ratio >= 1.0 else "vanishing"
 
 
-def _point(data, depth: int, std: float, seed: int, cfg: SweepConfig) -> dict:
-    model = build_mlp(data, depth, cfg.width, f"normal:std={std!r}", seed)
-    diag = init_diagnostics(model, data)
-    run = train_mlp(model, data, lr=cfg.lr, batch_size=cfg.batch_size, steps=cfg.steps, epochs=cfg.epochs, seed=seed)
+def failure_cause(regime: str, diverged: bool, act_ratio: float, bound: float) -> str:
+    """Why a point is not stable (see the module docstring); ``ok`` when it is."""
+    if regime == "stable":
+        return "ok"
+    if act_ratio > bound:
+        return "exploding-at-init"
+    if act_ratio < 1.0 / bound:
+        return "vanishing-at-init"
+    return "sgd-divergence" if diverged else "undertrained"
+
+
+def _point(data, depth: int, width: int, std: float, seed: int, cfg: SweepConfig, cache: RunCache) -> dict:
+    key = f"{data.name}|{depth}|{width}|{std!r}|{seed}"
+    if (done := cache.get(key)) is not None:
+        return done
+    build = lambda: build_mlp(data, depth, width, f"normal:std={std!r}", seed)  # noqa: E731
+    diag = init_diagnostics(build(), data)
+    runs = {lr: train_mlp(build(), data, lr=lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                          steps=cfg.steps, epochs=cfg.epochs, seed=seed) for lr in cfg.lrs}
+    lr = min(runs, key=lambda x: (runs[x].diverged, runs[x].final_train_loss))  # best of k: lowest final loss
+    run = runs[lr]
     chance = math.log(data.num_classes)
     last_ms = diag["act_ms"][-1] if diag["act_ms"] else math.nan
     ratio = last_ms / diag["input_ms"] if diag["input_ms"] > 0 else math.nan
     if not math.isfinite(ratio):
         ratio = math.inf if (math.isnan(last_ms) or last_ms > 0) else 0.0
-    return {
-        "dataset": data.name, "depth": depth, "width": cfg.width, "std": std, "seed": seed,
-        "regime": classify(run.final_train_loss, run.diverged, ratio, chance, cfg.stable_fraction, cfg.signal_bound),
+    regime = classify(run.final_train_loss, run.diverged, ratio, chance, cfg.stable_fraction, cfg.signal_bound)
+    row = {
+        "dataset": data.name, "depth": depth, "width": width, "std": std, "seed": seed, "regime": regime,
+        "cause": failure_cause(regime, run.diverged, ratio, cfg.signal_bound), "lr": lr,
+        "diverged_lrs": ";".join(f"{x:g}" for x, r in runs.items() if r.diverged),
         "trained": run.final_train_loss <= cfg.stable_fraction * chance,
         "final_train_loss": run.final_train_loss, "test_accuracy": run.test_accuracy, "chance_loss": chance,
         "diverged": run.diverged, "steps": run.steps, "act_ratio": ratio, "input_ms": diag["input_ms"],
         "act_var": diag["act_var"], "act_ms": diag["act_ms"], "grad_norm": diag["grad_norm"],
         "init_loss": diag["loss"],
     }
+    cache.put(key, row)
+    return row
+
+
+def _edge_cause(rows: list[dict], stds: Sequence[float], i: int) -> str | None:
+    """The majority failure cause over seeds at grid std ``i`` (None outside the grid or without causes)."""
+    pts = [r["cause"] for r in rows if r["std"] == stds[i] and "cause" in r] if 0 <= i < len(stds) else []
+    return max(dict.fromkeys(pts), key=pts.count) if pts else None
 
 
 def stability_bands(rows: list[dict], stds: Sequence[float]) -> list[dict]:
-    """Per (dataset, depth): the longest contiguous run of stds stable in the majority of seeds.
+    """Per (dataset, depth, width): the longest contiguous run of stds stable in the majority of seeds.
 
     ``contains_claim``: every grid std inside the claimed 1e-2..1e-1 lies in the band (the claim at the grid's
-    resolution); ``overlaps_claim``: at least one does.
+    resolution); ``overlaps_claim``: at least one does. ``lo_cause`` / ``hi_cause``: the majority failure cause at
+    the grid std just outside each edge (None at the grid's end). ``he_std``: sqrt(2 / width).
     """
     out = []
-    for dataset, depth in dict.fromkeys((r["dataset"], r["depth"]) for r in rows):
-        sub = [r for r in rows if r["dataset"] == dataset and r["depth"] == depth]
+    for dataset, depth, width in dict.fromkeys((r["dataset"], r["depth"], r.get("width")) for r in rows):
+        sub = [r for r in rows if r["dataset"] == dataset and r["depth"] == depth and r.get("width") == width]
         majority = []
         for s in stds:
             pts = [r for r in sub if r["std"] == s]
@@ -120,7 +159,10 @@ def stability_bands(rows: list[dict], stds: Sequence[float]) -> list[dict]:
         claim = [i for i, s in enumerate(stds) if CLAIM_BAND[0] <= s <= CLAIM_BAND[1]]
         in_band = [i for i in claim if best and best[0] <= i <= best[1]]
         out.append({
-            "dataset": dataset, "depth": depth, "band_lo": lo, "band_hi": hi,
+            "dataset": dataset, "depth": depth, "width": width, "band_lo": lo, "band_hi": hi,
+            "lo_cause": _edge_cause(sub, stds, best[0] - 1) if best else None,
+            "hi_cause": _edge_cause(sub, stds, best[1] + 1) if best else None,
+            "he_std": math.sqrt(2 / width) if width else None,
             "stable_points": sum(majority), "contiguous": len(runs) <= 1,
             "claim_points_in_band": f"{len(in_band)}/{len(claim)}",
             "contains_claim": bool(claim) and len(in_band) == len(claim),
@@ -131,11 +173,14 @@ def stability_bands(rows: list[dict], stds: Sequence[float]) -> list[dict]:
 
 def _aggregate(rows: list[dict]) -> list[dict]:
     agg = []
-    for key in dict.fromkeys((r["dataset"], r["depth"], r["std"]) for r in rows):
-        pts = [r for r in rows if (r["dataset"], r["depth"], r["std"]) == key]
+    for key in dict.fromkeys((r["dataset"], r["depth"], r["width"], r["std"]) for r in rows):
+        pts = [r for r in rows if (r["dataset"], r["depth"], r["width"], r["std"]) == key]
         losses = [r["final_train_loss"] for r in pts]
+        causes = [r["cause"] for r in pts]
         agg.append({
-            "dataset": key[0], "depth": key[1], "std": key[2],
+            "dataset": key[0], "depth": key[1], "width": key[2], "std": key[3],
+            "cause": max(dict.fromkeys(causes), key=causes.count),
+            "lr": "/".join(f"{r['lr']:g}" for r in pts),
             "loss": float(np.mean(losses)) if all(map(math.isfinite, losses)) else math.inf,
             "acc": float(np.mean([r["test_accuracy"] for r in pts])),
             "act_ratio": float(np.median([r["act_ratio"] for r in pts])),
@@ -150,9 +195,13 @@ def _aggregate(rows: list[dict]) -> list[dict]:
 def sweep_command(cfg: SweepConfig) -> str:
     """The ``hf-varinit sweep`` command line that regenerates ``cfg``'s report (written into its card)."""
     parts = ["hf-varinit sweep", "--datasets", *cfg.datasets, "--depths", *map(str, cfg.depths),
-             "--stds", *(f"{s:.4g}" for s in cfg.stds), "--seeds", *map(str, cfg.seeds), "--width", str(cfg.width)]
+             "--stds", *(f"{s:.4g}" for s in cfg.stds), "--seeds", *map(str, cfg.seeds),
+             *(["--width", str(cfg.widths[0])] if len(cfg.widths) == 1 else ["--widths", *map(str, cfg.widths)])]
     parts += ["--steps", str(cfg.steps)] if cfg.steps else ["--epochs", str(cfg.epochs)]
-    parts += ["--lr", str(cfg.lr), "--batch-size", str(cfg.batch_size), "--stable-fraction", str(cfg.stable_fraction),
+    parts += ["--lr", str(cfg.lrs[0])] if len(cfg.lrs) == 1 else ["--lrs", *(f"{x:g}" for x in cfg.lrs)]
+    if cfg.weight_decay:
+        parts += ["--weight-decay", f"{cfg.weight_decay:g}"]
+    parts += ["--batch-size", str(cfg.batch_size), "--stable-fraction", str(cfg.stable_fraction),
               "--signal-bound", f"{cfg.signal_bound:g}"]
     if cfg.max_train:
         parts += ["--max-train", str(cfg.max_train)]
@@ -188,25 +237,32 @@ def run_sweep(config: SweepConfig | None = None, *, command: str | None = None, 
     Returns:
         `SweepResult`.
     """
-    cfg = SweepConfig(**{**asdict(config or SweepConfig()), **overrides})
+    base = asdict(config or SweepConfig())
+    for single, grid in (("width", "widths"), ("lr", "lrs")):  # a single value given wins over the filled-in grid
+        if single in overrides and grid not in overrides:
+            base[grid] = None
+    cfg = SweepConfig(**{**base, **overrides})
     if cfg.output:
         check_output(cfg.output, cfg.overwrite)  # before the work, not after it
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     t0 = time.perf_counter()
+    cache = RunCache(cfg.output, {k: v for k, v in asdict(cfg).items()
+                                  if k not in ("output", "overwrite", "datasets", "depths", "widths", "width", "stds",
+                                               "std_min", "std_max", "num_stds", "seeds")})
     rows = []
     for name in cfg.datasets:
         data = load_classification(name, seed=0, max_train=cfg.max_train)
         for depth in cfg.depths:
-            for std in cfg.stds:
-                for seed in cfg.seeds:
-                    rows.append(_point(data, depth, std, seed, cfg))
-            log(f"sweep: {name} depth {depth} done ({time.perf_counter() - t0:.0f}s)")
+            for width in cfg.widths:
+                rows += [_point(data, depth, width, std, seed, cfg, cache) for std in cfg.stds for seed in cfg.seeds]
+                log(f"sweep: {name} depth {depth} width {width} done ({time.perf_counter() - t0:.0f}s)")
     bands = stability_bands(rows, cfg.stds)
     wall = time.perf_counter() - t0
     agg = _aggregate(rows)
     summary = {
         "study": "sweep", "config": asdict(cfg), "claim_band": list(CLAIM_BAND), "bands": bands,
         "regime_counts": {g: sum(r["regime"] == g for r in rows) for g in REGIMES},
+        "cause_counts": {c: sum(r["cause"] == c for r in rows) for c in CAUSES},
         "criterion": "exploding: diverged or act_ratio > B or (L > tau*ln C and act_ratio >= 1); vanishing: "
                      "act_ratio < 1/B or (L > tau*ln C and act_ratio < 1); stable: otherwise",
         "wall_seconds": wall, "torch_threads": torch.get_num_threads(), "command": command or sweep_command(cfg),
@@ -214,5 +270,6 @@ def run_sweep(config: SweepConfig | None = None, *, command: str | None = None, 
     out = None
     if cfg.output:
         out = _write(cfg, rows, bands, agg, summary)
+        cache.clear()
         log(f"sweep: wrote {out} ({wall:.0f}s)")
     return SweepResult(rows, bands, summary, out)

@@ -1,11 +1,15 @@
 """The parts a pretraining run is built from: the output folder, the Accelerator, the data and its loaders, the
-model config and the optimizer (the ``get_dataloaders`` skeleton of Accelerate's examples).
+model config and the optimizer (the ``get_dataloaders`` skeleton of Accelerate's examples), and `prepare_model`:
+Accelerate's ``prepare`` (DDP, or FSDP2 with ``accelerate launch --use_fsdp --fsdp_version 2``), or torch's own
+``fully_shard`` when ``HF_VARINIT_FULLY_SHARD=1`` (2 CPU processes with gloo, where Accelerate refuses FSDP),
+then ``torch.compile`` with ``--compile``.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,13 +26,18 @@ from accelerate.utils import (
     is_wandb_available,
     is_xpu_available,
 )
+from torch.distributed.fsdp import fully_shard
 from torch.utils.data import DataLoader, Sampler
 
 from hf_varinit.arch import build_config
 from hf_varinit.errors import ConfigError, DataError
+from hf_varinit.train.checkpoint import load_sharded_state, save_sharded_state
 from hf_varinit.train.data import LMData, build_lm_datasets
 from hf_varinit.train.options import ModelOptions, PretrainOptions, TrainingOptions
 
+FULLY_SHARD_ENV = "HF_VARINIT_FULLY_SHARD"  # 1: shard with torch's fully_shard (the CPU / gloo FSDP2 path)
+COMPILE_BACKEND_ENV = "HF_VARINIT_COMPILE_BACKEND"  # torch.compile backend of --compile (default: inductor)
+_FALSE_WORDS = ("", "0", "false", "no", "off")
 _TRACKERS = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "trackio": is_trackio_available}
 
 
@@ -82,7 +91,7 @@ def _check_tracker(report_to: str) -> list[str]:
 
 def make_accelerator(options: TrainingOptions, output_dir: Path, *trackers: GeneralTracker) -> Accelerator:
     """The run's `Accelerator`: precision, gradient accumulation, global batches split over the processes, and the
-    trackers (``trackers`` and ``--report-to``). Refuses FSDP (the recorder reads the main process's parameters).
+    trackers (``trackers`` and ``--report-to``). Under Accelerate's FSDP, checkpoints hold the sharded state.
     """
     log_with = [*trackers, *_check_tracker(options.report_to)]
     reset_accelerate_state()  # an earlier in-process Accelerator (a Trainer, say) must not fix our precision
@@ -92,10 +101,60 @@ def make_accelerator(options: TrainingOptions, output_dir: Path, *trackers: Gene
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     if accelerator.distributed_type == DistributedType.FSDP:
-        raise ConfigError("FSDP is not supported by this loop: the recorder would read pre-sharding parameters on the "
-                          "main process only. Use DDP (--multi_gpu), or record with hf_varinit.record.moments on all "
-                          "ranks after fully_shard in your own loop")
+        accelerator.state.fsdp_plugin.set_state_dict_type("SHARDED_STATE_DICT")  # each rank saves its shards
     return accelerator
+
+
+# ----------------------------------------------------------------------------- the model: shard, prepare, compile
+
+
+def fully_shard_requested(accelerator: Accelerator) -> bool:
+    """Whether ``HF_VARINIT_FULLY_SHARD`` asks for torch's ``fully_shard`` (refused without a process group)."""
+    if os.environ.get(FULLY_SHARD_ENV, "").strip().lower() in _FALSE_WORDS:
+        return False
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return False  # Accelerate's own FSDP shards in `prepare`
+    if not torch.distributed.is_initialized():
+        raise ConfigError(f"{FULLY_SHARD_ENV}=1 shards over the processes of a launched run; start it with torchrun "
+                          f"or `accelerate launch --multi_gpu --num_processes N`, or unset {FULLY_SHARD_ENV}")
+    return True
+
+
+def shard_blocks(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.nn.Module:
+    """``fully_shard`` each transformer block (the model's ``_no_split_modules``) and the root, as Accelerate's
+    FSDP2 auto-wrap does; the optimizer is pointed at the new (DTensor) parameters, as Accelerate's ``prepare``
+    does. The model is sharded in place and returned."""
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    before = {id(p): name for name, p in model.named_parameters()}
+    for module in list(model.modules()):
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+    after = dict(model.named_parameters())
+    for group in optimizer.param_groups:
+        group["params"] = [after[before[id(p)]] for p in group["params"]]
+    return model
+
+
+def prepare_model(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                  compile: bool = False):
+    """The model, optimizer and scheduler, ready to train: Accelerate's ``prepare``, or (``HF_VARINIT_FULLY_SHARD``)
+    `shard_blocks` with the sharded model and optimizer saved by every rank into each ``save_state`` folder
+    (`save_sharded_state`); then ``torch.compile`` when ``compile`` (backend: ``HF_VARINIT_COMPILE_BACKEND``).
+
+    Returns:
+        (model, optimizer, scheduler); build the recorder's entries from this model (`VarianceRecorder.rebind`).
+    """
+    if fully_shard_requested(accelerator):
+        model = shard_blocks(model.to(accelerator.device), optimizer)
+        accelerator.register_for_checkpointing(scheduler)  # the same on every rank: Accelerate saves it once
+        accelerator.register_save_state_pre_hook(partial(save_sharded_state, model=model, optimizer=optimizer))
+        accelerator.register_load_state_pre_hook(partial(load_sharded_state, model=model, optimizer=optimizer))
+    else:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if compile:
+        model = torch.compile(model, backend=os.environ.get(COMPILE_BACKEND_ENV) or "inductor")
+    return model, optimizer, scheduler
 
 
 # ----------------------------------------------------------------------------- data

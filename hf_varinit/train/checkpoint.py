@@ -5,6 +5,11 @@ the variance records up to N, ``trainer_state.json`` (a `RunState`) and the toke
 `hf_varinit.io_utils.commit_folder` writes the ``COMPLETE`` marker last and renames the folder to ``step_N``.
 Resume reads only folders holding the marker, and the step comes from ``trainer_state.json``, never from the
 folder name. Old checkpoints are pruned only after a new one is complete.
+
+Sharded weights: under Accelerate's FSDP, ``save_state`` writes each rank's shards itself (SHARDED_STATE_DICT);
+under torch's ``fully_shard`` without it (`build.prepare_model`), `save_sharded_state` adds the model and optimizer
+shards as a ``torch.distributed.checkpoint`` folder. ``final/`` is always one ``save_pretrained`` of the full
+weights (`full_state_dict` gathers them).
 """
 
 from __future__ import annotations
@@ -17,6 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed.checkpoint as dcp
+from accelerate.utils import extract_model_from_parallel
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.tensor import DTensor
+
 from hf_varinit.errors import ConfigError
 from hf_varinit.io_utils import atomic_folder, atomic_write_json, commit_folder, staging_folder
 from hf_varinit.record.stats_file import load_stats
@@ -26,10 +42,12 @@ COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
 _PREFIX = "step_"
 _TMP_PREFIX = ".tmp_step_"
+SHARDED = "sharded_state"  # the torch.distributed.checkpoint folder of the fully_shard path
 
 # Options a resumed run may change; any other difference would make it a different run.
 RESUMABLE_CHANGES = frozenset({"output_dir", "resume", "eval_every", "eval_batches", "log_every", "report_to",
-                               "checkpoint_every", "keep_last", "cache_dir", "on_nonfinite", "disable_tqdm"})
+                               "checkpoint_every", "keep_last", "cache_dir", "on_nonfinite", "disable_tqdm",
+                               "compile"})
 # Options a resumed run may raise (never lower): max_steps continues a run past its end, the warmup + cosine
 # schedule rebuilt over the new value.
 GROWABLE = frozenset({"max_steps"})
@@ -176,9 +194,41 @@ def load_checkpoint(accelerator, output_dir: Path, recorder, options: dict[str, 
     return folder, state
 
 
-def save_final(model, tokenizer, final_dir: Path) -> Path:
-    """``final/``: ``save_pretrained`` (safetensors, config with ``varinit_rule``) and the tokenizer, atomically."""
+def save_sharded_state(models, weights, output_dir: str, *, model, optimizer) -> None:
+    """Accelerate ``save_state`` hook of the ``fully_shard`` path: every rank writes its model and optimizer shards
+    to ``output_dir/sharded_state`` (``torch.distributed.checkpoint``; a collective)."""
+    model_state, optim_state = get_state_dict(extract_model_from_parallel(model), optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=Path(output_dir) / SHARDED)
+
+
+def load_sharded_state(models, input_dir: str, *, model, optimizer) -> None:
+    """Accelerate ``load_state`` hook: restore what `save_sharded_state` wrote, into this rank's shards."""
+    bare = extract_model_from_parallel(model)
+    model_state, optim_state = get_state_dict(bare, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=Path(input_dir) / SHARDED)
+    set_state_dict(bare, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor] | None:
+    """The full weights of a sharded (DTensor) model on the CPU, gathered from every rank (a collective: call it on
+    all ranks); None for an unsharded model, whose ``save_pretrained`` reads its own tensors."""
+    bare = extract_model_from_parallel(model)
+    if not any(isinstance(p, DTensor) for p in bare.parameters()):
+        return None
+    state = get_model_state_dict(bare, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    first: dict[int, str] = {}
+    tied = {name for name, p in bare.named_parameters(remove_duplicate=False) if first.setdefault(id(p), name) != name}
+    return {name: tensor for name, tensor in state.items() if name not in tied}  # a tied copy (lm_head) once
+
+
+def save_final(model, tokenizer, final_dir: Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """``final/``: ``save_pretrained`` (safetensors, config with ``varinit_rule``) and the tokenizer, atomically.
+
+    Args:
+        state_dict (`dict`, *optional*): the full weights of a sharded model (`full_state_dict`).
+    """
     with atomic_folder(final_dir) as tmp:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))
     return final_dir

@@ -101,6 +101,8 @@ def print_summary(recorder: VarianceRecorder, result, checkpoints: Path | None) 
     ppl = f" (ppl {result.eval_ppl:.1f})" if result.eval_ppl is not None else ""
     print(f"\nstep {result.step}, {result.tokens:,} tokens, eval loss {_number(result.eval_loss)}{ppl}, "
           f"{result.wall_s:.1f} s")
+    if getattr(result, "compile_s", None) is not None:
+        print(f"compile      {result.compile_s:.1f} s (the first step; tokens/s leave it out)")
     print(f"statistics   {result.stats_path}\nmetrics      {result.metrics_path}\nfinal model  {result.final_dir}")
     if checkpoints is not None:
         print(f"checkpoints  {checkpoints}")

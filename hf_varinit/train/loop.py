@@ -5,6 +5,9 @@ Usage:
     hf-varinit pretrain --config gpt2-12l-tiny --output-dir runs/tiny
     # the same through accelerate (2 CPU processes with gloo, or GPUs)
     accelerate launch --multi_gpu --num_processes 2 -m hf_varinit pretrain --config gpt2-12l-tiny
+    # FSDP2 on GPUs: statistics from the shards, sharded checkpoints, final/ from the gathered full weights
+    accelerate launch --use_fsdp --fsdp_version 2 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \
+        --num_processes 8 -m hf_varinit pretrain --config gpt2-small --compile
     # continue after an interruption from the newest complete checkpoint
     hf-varinit pretrain --config gpt2-12l-tiny --output-dir runs/tiny --resume
     # continue a finished run to more steps (the warmup + cosine schedule is rebuilt over the new max_steps)
@@ -40,13 +43,14 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import extract_model_from_parallel, set_seed
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_scheduler
 
 from hf_varinit.arch import parse_layer_key
 from hf_varinit.errors import ConfigError, NonFiniteLossError
 from hf_varinit.init.patch import from_config
 from hf_varinit.record.recorder import VarianceRecorder
 from hf_varinit.record.stats_file import library_versions
+from hf_varinit.report.optimal import spec_recipe_note
 from hf_varinit.train.build import (
     EpochSampler,
     build_model_config,
@@ -55,6 +59,7 @@ from hf_varinit.train.build import (
     get_dataloaders,
     load_data,
     make_accelerator,
+    prepare_model,
     reset_accelerate_state,
 )
 from hf_varinit.train.checkpoint import (
@@ -63,6 +68,7 @@ from hf_varinit.train.checkpoint import (
     RunState,
     complete_checkpoints,
     find_latest_checkpoint,
+    full_state_dict,
     load_checkpoint,
     save_checkpoint,
     save_final,
@@ -92,6 +98,7 @@ class TrainResult:
     wall_s: float
     resumed_from: Path | None = None
     stopped_by: int | None = None  # the signal that stopped the run early (``final_dir`` is then not written)
+    compile_s: float | None = None  # with --compile: the first step's wall time (compilation), left out of tokens/s
 
     @property
     def exit_code(self) -> int:
@@ -158,11 +165,16 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
     with accelerator.main_process_first():  # the main process trains (and caches) the tokenizer first
         data = load_data(options)
     model = from_config(build_model_config(options.model, data.tokenizer), rule=t.init, seed=t.seed)
+    note = spec_recipe_note(t.init, t.optimizer, t.lr)
+    if note and main:
+        print(f"note: {note}", flush=True)
     recorder = VarianceRecorder(model, every=t.record_every, rule=t.init)
     optimizer = build_optimizer(t, model)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, t.warmup_steps, t.max_steps)
+    scheduler = get_scheduler(f"{t.lr_schedule}_with_warmup" if t.lr_schedule == "constant" else t.lr_schedule,
+                              optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
     train_dl, eval_dl, sampler = get_dataloaders(accelerator, options, data)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = prepare_model(accelerator, model, optimizer, scheduler, t.compile)
+    recorder.rebind(model)  # the parameters the run trains (sharded ones under FSDP2), roles from the model built
     metadata = stats_metadata(options, data.source, accelerator.num_processes)
     state, resumed = start_state(accelerator, output_dir, recorder, metrics, options)
     accelerator.init_trackers("hf_varinit", config={f"{g}.{k}": v for g, d in options.to_dict().items()
@@ -172,7 +184,7 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
         accelerator.log(qkv_variances(recorder), step=0)
     tokens_per_micro = t.batch_size * options.model.block_size
     batches = micro_batches(accelerator, train_dl, sampler, state)
-    evaluation, speed, saved = None, Throughput(), None
+    evaluation, speed, saved, compile_s = None, Throughput(), None, None
     bar = tqdm(total=t.max_steps, initial=state.step, desc="pretrain",
                disable=not accelerator.is_local_main_process or _no_progress_bars(options))
     model.train()
@@ -180,7 +192,10 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
         while state.step < t.max_steps:
             if stop.requested(accelerator):  # every rank asks after the same step, and gets the same answer
                 break
+            started = time.perf_counter()
             step = train_step(accelerator, model, optimizer, scheduler, batches, options, state)
+            if t.compile and compile_s is None:  # the first step compiles: its time is not a step time
+                compile_s, speed = time.perf_counter() - started, Throughput()
             if not math.isfinite(step.loss):
                 if t.on_nonfinite == "error":
                     stop_on_nonfinite(accelerator, output_dir, recorder, metadata, state, step.loss)
@@ -192,7 +207,7 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
                 state.epoch, state.position = state.epoch + 1, 0
             bar.update(1)
             recorded = state.step % t.record_every == 0
-            if main and recorded:
+            if recorded:  # every rank: a collective when the weights are sharded
                 recorder.record(state.step)
             final = state.step >= t.max_steps
             evaluated = final or bool(t.eval_every and state.step % t.eval_every == 0)
@@ -223,14 +238,15 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
     if evaluation is None:  # resumed at the final step: nothing trained, still report the eval
         evaluation = evaluate(accelerator, model, eval_dl, t.eval_batches)
     final_dir = output_dir / "final"
+    recorder.record(state.step)
+    weights = full_state_dict(model)  # gathered on every rank when sharded (None otherwise)
     if main:
-        recorder.record(state.step)
         recorder.save(output_dir, {**metadata, "final_step": state.step, "eval_loss": finite_or_none(evaluation[0]),
-                                   "tokens": state.tokens})
-        save_final(extract_model_from_parallel(model), data.tokenizer, final_dir)
+                                   "tokens": state.tokens, "compile_s": compile_s})
+        save_final(extract_model_from_parallel(model), data.tokenizer, final_dir, weights)
     accelerator.wait_for_everyone()
     result = TrainResult(output_dir, output_dir / STATS, metrics.path, final_dir, state.step, state.tokens,
-                         *evaluation, state.nonfinite_skips, time.perf_counter() - t0, resumed)
+                         *evaluation, state.nonfinite_skips, time.perf_counter() - t0, resumed, compile_s=compile_s)
     if main:
         print_summary(recorder, result, saved.parent if saved else None)
     return result
@@ -257,8 +273,7 @@ def start_state(accelerator: Accelerator, output_dir: Path, recorder: VarianceRe
                       f"rebuilt over {options.training.max_steps} steps and continues at step {state.step}")
     else:
         state = RunState()
-        if accelerator.is_main_process:
-            recorder.record(0)  # the init, before any update
+        recorder.record(0)  # the init, before any update (on every rank: a collective when sharded)
     state.world_size, state.options = accelerator.num_processes, options.to_dict()
     if accelerator.is_main_process:
         metrics.restart(state.step)  # a resumed run rewrites what followed its checkpoint
@@ -289,7 +304,7 @@ def train_step(accelerator: Accelerator, model, optimizer, scheduler, batches: I
     window, micro = torch.zeros((), device=accelerator.device), 0
     for ids in batches:
         with accelerator.accumulate(model):
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss  # no KV cache to build in training
             accelerator.backward(loss)
             window += loss.detach().float()
             micro += 1
@@ -319,7 +334,7 @@ def evaluate(accelerator: Accelerator, model, eval_dl, max_batches: int | None) 
     for i, ids in enumerate(eval_dl):
         if max_batches is not None and i >= max_batches:
             break
-        logits = model(input_ids=ids).logits  # (B, T, V)
+        logits = model(input_ids=ids, use_cache=False).logits  # (B, T, V)
         per_token = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
         losses.append(accelerator.gather_for_metrics(per_token.view(ids.shape[0], -1).mean(1)))
     model.train()
@@ -380,7 +395,8 @@ def stats_metadata(options: PretrainOptions, dataset: str, world_size: int) -> d
     """What ``variance.safetensors`` says about the run that recorded it (with the command that regenerates it)."""
     t = options.training
     return {"seed": t.seed, "optimizer": t.optimizer, "lr": t.lr, "momentum": t.momentum,
-            "weight_decay": t.weight_decay, "warmup_steps": t.warmup_steps, "batch_size": t.batch_size,
+            "weight_decay": t.weight_decay, "warmup_steps": t.warmup_steps, "lr_schedule": t.lr_schedule,
+            "batch_size": t.batch_size,
             "grad_accum": t.grad_accum, "sequences_per_step": t.batch_size * t.grad_accum,
             "block_size": options.model.block_size, "mixed_precision": t.mixed_precision, "max_steps": t.max_steps,
             "dataset": dataset, "versions": library_versions(), "world_size": world_size, "source": "training",

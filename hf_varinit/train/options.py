@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import shlex
 import typing
@@ -34,6 +35,7 @@ OPTIMIZERS = ("adamw", "sgd")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")
 ON_NONFINITE = ("error", "skip")
+LR_SCHEDULES = ("cosine", "constant")
 NONE_WORDS = ("none", "null", "")  # what an optional option reads as None on the command line
 
 
@@ -139,7 +141,9 @@ class TrainingOptions:
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     momentum: float = field(default=0.0, metadata={"help": "SGD momentum (sgd only)"})
     weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay (adamw) / L2 (sgd)"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps before the cosine decay"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warmup steps before the schedule"})
+    lr_schedule: str = field(default="cosine", metadata={"help": "after warmup: cosine (decay to 0 at max_steps) | "
+                                                         "constant"})
     max_steps: int = field(
         default=300,
         metadata={"help": "optimizer steps; with --resume a larger value continues the run (finished or not) to "
@@ -152,6 +156,8 @@ class TrainingOptions:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     grad_clip: float | None = field(default=1.0, metadata={"help": "max gradient norm (None or 0 = no clipping)"})
     mixed_precision: str = field(default="no", metadata={"help": "no | bf16 | fp16 (fp16 needs a GPU)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model (its compile time is reported "
+                                                           "apart from the step time)"})
     eval_every: int | None = field(default=50, metadata={"help": "evaluate every N steps (and at the end)"})
     eval_batches: int | None = field(default=20, metadata={"help": "eval batches per evaluation (None = all)"})
     log_every: int = field(default=10, metadata={"help": "write a metrics line every N steps"})
@@ -185,22 +191,21 @@ class TrainingOptions:
         _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _check_choice("report_to", self.report_to, REPORT_TO)
         _check_choice("on_nonfinite", self.on_nonfinite, ON_NONFINITE)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_positive("training", max_steps=self.max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
                         eval_every=self.eval_every, eval_batches=self.eval_batches, log_every=self.log_every,
                         record_every=self.record_every, checkpoint_every=self.checkpoint_every,
                         keep_last=self.keep_last)
-        if not self.lr > 0:
-            raise ConfigError(f"lr={self.lr} must be > 0")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps={self.warmup_steps} must be >= 0")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"momentum={self.momentum} must be in [0, 1)")
+        ranges = {"seed": (0 <= self.seed < 2**32, "in [0, 2**32), e.g. 0"), "lr": (self.lr > 0, "> 0"),
+                  "warmup_steps": (self.warmup_steps >= 0, ">= 0"), "weight_decay": (self.weight_decay >= 0, ">= 0"),
+                  "momentum": (0.0 <= self.momentum < 1.0, "in [0, 1)"),
+                  "grad_clip": (self.grad_clip is None or self.grad_clip >= 0, ">= 0 (0 or None = no clipping)")}
+        for name, (ok, allowed) in ranges.items():
+            value = getattr(self, name)
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
+                raise ConfigError(f"{name}={value} must be a finite number {allowed}")
         if self.momentum and self.optimizer != "sgd":
             raise ConfigError(f"momentum={self.momentum} applies to --optimizer sgd only (optimizer is adamw)")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay={self.weight_decay} must be >= 0")
-        if self.grad_clip is not None and self.grad_clip < 0:
-            raise ConfigError(f"grad_clip={self.grad_clip} must be >= 0 (0 or None = no clipping)")
         if not self.output_dir:
             raise ConfigError("output_dir must be set")
 

@@ -1,0 +1,106 @@
+"""The schema of ``steady_state.json``: every field a report reads, checked before anything uses it.
+
+`validate_steady_state` walks a parsed document and raises a `ReportError` naming the first offending field by
+its path and saying what it should be, e.g.
+``steady_state.json: tensors['layers.0.q'].v_w is 'abc'; expected a number``. Fields it does not know are allowed
+(a newer writer may add some). It checks types and ranges only; the meaning (a V(W) > 0, the analysis options'
+ranges) is checked where it is used.
+
+Document (``format = "hf_varinit.steady_state"``, ``format_version = 1``)::
+
+    model_type: str | null        n_layer: int >= 1 | null        rule, title, license, base_model, source,
+    config: {entry: value} | null (sizes such as n_embd: int >= 1)   dataset_description, checkpoint: str | null
+    options: {name: value} | null datasets: [str] | null           recipe, transfer: {...} | null
+    tensors: {key: {role: str|null, layer: int >= 0|null, stationary: bool|null, v_w: number|null,
+                    window: [int, int]|null, spread, drift, band, init_var, ratio, window_lr_share,
+                    window_lr_fraction: number|null, equilibration_step: int|null, reason: str|null}}  (non-empty)
+    layers: {"<int>": {equilibration_step: int|null}} | null
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hf_varinit.arch import check_config_sizes, parse_layer_key
+from hf_varinit.errors import ConfigError, ReportError, shown
+from hf_varinit.io_utils import JsonChecker
+
+__all__ = ["STEADY_FILENAME", "STEADY_FORMAT", "STEADY_VERSION", "validate_steady_state"]
+
+STEADY_FORMAT = "hf_varinit.steady_state"  # a file-format id, not a module path: never renamed
+STEADY_VERSION = 1
+STEADY_FILENAME = "steady_state.json"
+
+# field -> kind of `JsonChecker.KINDS` (each may also be null)
+TOP_LEVEL = {"model_type": "str", "n_layer": "count", "config": "object", "rule": "str", "options": "object",
+             "source": "str", "datasets": "strings", "title": "str", "license": "str", "base_model": "str",
+             "dataset_description": "str", "checkpoint": "str", "recipe": "object", "transfer": "object",
+             "layers": "object"}
+TENSOR = {"role": "str", "layer": "index", "stationary": "bool", "v_w": "number", "window": "window",
+          "spread": "number", "drift": "number", "equilibration_step": "int", "band": "number", "init_var": "number",
+          "ratio": "number", "reason": "str", "window_lr_share": "number", "window_lr_fraction": "number"}
+TRANSFER = {"widths": "count", "depths": "count", "sources": "str"}  # lists of these
+
+
+def validate_steady_state(doc: Any, where: str = STEADY_FILENAME) -> None:
+    """Check a parsed ``steady_state.json`` document against the schema above.
+
+    Args:
+        doc (`Any`): the result of ``json.loads``.
+        where (`str`): what the messages name as the document (its path).
+
+    Raises:
+        ReportError: the first field of the wrong type or range, named by its path (``config.n_embd``,
+            ``tensors['layers.0.q'].window``, ``layers['x']``), with the value and what it should be.
+    """
+    check = JsonChecker(where, ReportError)
+    if not isinstance(doc, dict):
+        check.fail("the document", doc, f"a JSON object (a {STEADY_FILENAME} written by hf_varinit)")
+    if doc.get("format") != STEADY_FORMAT:
+        check.fail("format", doc.get("format"), f"{STEADY_FORMAT!r}: is this a {STEADY_FILENAME} of hf_varinit?")
+    if doc.get("format_version") not in (STEADY_VERSION, str(STEADY_VERSION)):
+        check.fail("format_version", doc.get("format_version"),
+                   f"{STEADY_VERSION} (this hf_varinit reads version {STEADY_VERSION}; upgrade it for newer files)")
+    check.fields(doc, TOP_LEVEL)
+    try:
+        check_config_sizes(doc.get("config") or {})
+    except ConfigError as exc:  # names the field (config field n_embd='abc' ...)
+        raise ReportError(f"{where}: {exc}") from None
+    _check_tensors(check, doc.get("tensors"))
+    for layer, entry in (doc.get("layers") or {}).items():
+        if not layer.isdigit() or not layer.isascii():
+            check.fail(f"layers[{shown(layer)}]", layer, "a layer index (a string of digits such as '0')")
+        if not isinstance(entry, dict):
+            check.fail(f"layers[{layer!r}]", entry, "a JSON object")
+        check.field(entry, "equilibration_step", "int", f"layers[{layer!r}].equilibration_step")
+    _check_transfer(check, doc.get("transfer"))
+
+
+def _check_tensors(check: JsonChecker, tensors: Any) -> None:
+    if not isinstance(tensors, dict) or not tensors:
+        check.fail("tensors", tensors, "a non-empty JSON object of tracked key -> analysis")
+    for key, entry in tensors.items():
+        path = f"tensors[{shown(key)}]"
+        if not isinstance(entry, dict):
+            check.fail(path, entry, "a JSON object (the analysis of one tensor)")
+        check.fields(entry, TENSOR, prefix=path + ".")
+        key_layer = parse_layer_key(key)[0]
+        if key.startswith("layers.") and key_layer is None:
+            check.fail(f"the key {path}", key, "'layers.<index>.<role>' with an integer index, e.g. 'layers.0.q'")
+        if key_layer is not None and entry.get("layer") is not None and entry["layer"] != key_layer:
+            check.fail(f"{path}.layer", entry["layer"], f"{key_layer}, the layer its key names")
+
+
+def _check_transfer(check: JsonChecker, transfer: dict | None) -> None:
+    if transfer is None:
+        return
+    for name, kind in TRANSFER.items():
+        items = transfer.get(name)
+        test, expected = JsonChecker.KINDS[kind]
+        if items is not None and not (isinstance(items, list) and all(test(x) for x in items)):
+            check.fail(f"transfer.{name}", items, f"a list, each {expected}")
+    fits = transfer.get("fits")
+    if fits is not None and not (isinstance(fits, dict) and all(isinstance(f, dict) for f in fits.values())):
+        check.fail("transfer.fits", fits, "a JSON object of key -> fit (an object)")
+    for key, fit in (fits or {}).items():
+        check.fields(fit, {"c": "number", "alpha": "number"}, prefix=f"transfer.fits[{shown(key)}].")

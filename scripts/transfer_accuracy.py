@@ -1,0 +1,137 @@
+"""How well V(W) measured on proxies predicts a target's own V(W): width transfer (fan-in, fit) and depth mapping.
+
+Usage:
+    python scripts/transfer_accuracy.py --target runs/lm-study/pilots/w256 \\
+        --proxies runs/lm-study/pilots/w64 runs/lm-study/pilots/w128 \\
+        --depth-proxies runs/lm-study/pilots/d4 runs/lm-study/pilots/d6 --output runs/lm-study/transfer-accuracy
+
+Every folder is a run of `hf-varinit pretrain` (holding ``variance.safetensors``); one whose ``final/`` does not
+exist yet (still training) is skipped with a message. Modes, each run through the optimal rule itself
+(`OptimalRule(...)` planned with `hv.init_plan` on the target model built on the meta device):
+
+* ``fan-in from <proxy>``: ``width-transfer=fan-in`` from each proxy (also maps depth when it differs);
+* ``fit over <proxies>``: ``width-transfer=fit`` from the multi-run report of all width proxies (>= 2 widths);
+* ``depth from <proxy>``: ``allow-depth-interpolation`` from each shallower proxy of the target's width (of another
+  width: ``width-transfer=fan-in`` too).
+
+The target's measured V(W) is its report's: the window mean when stationary, else its last recorded value (the
+CSV's ``measured_stationary`` column says which). Writes ``README.md`` (per mode and role: median and max
+|log(pred / measured)|, and the exact command) and ``per_tensor.csv`` into ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import hf_varinit as hv
+from hf_varinit.arch import hidden_size, parse_layer_key
+from hf_varinit.io_utils import atomic_folder
+from hf_varinit.report.optimal import OptimalRule, combine_reports, report_config
+from hf_varinit.report.report import VarianceReport
+
+ROLE_ORDER = ("q", "k", "v", "attn_out", "mlp_gate", "mlp_in", "mlp_out", "embedding", "position", "head")
+
+
+def finished(folders: list[str]) -> list[Path]:
+    """The folders whose run has finished (``final/`` exists); the others are named and skipped."""
+    out = []
+    for folder in map(Path, folders):
+        if (folder / "final").is_dir() and (folder / "variance.safetensors").is_file():
+            out.append(folder)
+        else:
+            print(f"skipped {folder}: no final/ (still training?) or no variance.safetensors", file=sys.stderr)
+    return out
+
+
+def load(folder: Path) -> VarianceReport:
+    report = VarianceReport.from_stats(folder / "variance.safetensors")
+    report.origin = str(folder)
+    return report
+
+
+def predicted(rule: OptimalRule, model) -> dict[str, tuple[float, str]]:
+    """key -> (V(W) the rule gives, its note) for every tracked tensor the rule reads from its report."""
+    return {r.key: (r.std ** 2, r.note) for r in hv.init_plan(model, rule)
+            if r.std is not None and not r.note.startswith("fallback")}
+
+
+def modes(target: VarianceReport, proxies: list[Path], depth_proxies: list[Path]) -> dict[str, OptimalRule]:
+    width = hidden_size(target.config)
+    out = {f"fan-in from {p.name}": OptimalRule(loaded=load(p), width_transfer="fan-in") for p in proxies}
+    widths = {hidden_size(load(p).config) for p in proxies}
+    if len(widths) >= 2:
+        combined = combine_reports([load(p) for p in proxies])
+        out[f"fit over {','.join(p.name for p in proxies)}"] = OptimalRule(loaded=combined, width_transfer="fit")
+    for p in depth_proxies:
+        report = load(p)
+        if report.n_layer and target.n_layer and report.n_layer < target.n_layer:
+            same_width = hidden_size(report.config) == width
+            out[f"depth from {p.name}"] = (OptimalRule(loaded=report, allow_depth_interpolation=True) if same_width
+                                           else OptimalRule(loaded=report, width_transfer="fan-in"))
+    return out
+
+
+def compare(target: VarianceReport, rules: dict[str, OptimalRule]) -> pd.DataFrame:
+    with torch.device("meta"):  # shapes only
+        model = hv.from_config(report_config(target), "hf")
+    measured = target.variances(nonstationary="last")
+    rows = []
+    for mode, rule in rules.items():
+        for key, (v, note) in predicted(rule, model).items():
+            if key in measured:
+                rows.append({"mode": mode, "key": key, "role": parse_layer_key(key)[1], "predicted": v,
+                             "measured": measured[key], "abs_log_error": abs(math.log(v / measured[key])),
+                             "measured_stationary": target.tensors[key].stationary, "note": note})
+    return pd.DataFrame(rows)
+
+
+def summary(per_tensor: pd.DataFrame) -> pd.DataFrame:
+    grouped = per_tensor.groupby(["mode", "role"], sort=False)["abs_log_error"]
+    table = grouped.agg(median="median", max="max", tensors="count").reset_index()
+    table["median error %"] = (table["median"].map(math.exp) - 1) * 100
+    order = {r: i for i, r in enumerate(ROLE_ORDER)}
+    table["_order"] = table["role"].map(lambda r: order.get(r, len(order)))
+    return table.sort_values(["mode", "_order"], kind="stable").drop(columns="_order")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", required=True, help="the target run folder")
+    parser.add_argument("--proxies", nargs="*", default=[], help="narrower runs (width transfer)")
+    parser.add_argument("--depth-proxies", nargs="*", default=[], help="shallower runs (depth mapping)")
+    parser.add_argument("--output", required=True, help="report folder to write (under runs/)")
+    args = parser.parse_args(argv)
+    (target_folder,) = finished([args.target]) or sys.exit(f"the target {args.target} has not finished")
+    target = load(target_folder)
+    rules = modes(target, finished(args.proxies), finished(args.depth_proxies))
+    if not rules:
+        sys.exit("no finished proxy runs: nothing to compare")
+    per_tensor = compare(target, rules)
+    table = summary(per_tensor)
+    nonstationary = int((per_tensor.drop_duplicates("key")["measured_stationary"] == False).sum())  # noqa: E712
+    command = shlex.join(["python", "scripts/transfer_accuracy.py", *(argv if argv is not None else sys.argv[1:])])
+    readme = (
+        f"# V(W) transfer accuracy: target {target_folder}\n\n"
+        "Per mode and role: median and max |log(predicted / measured)| of V(W) over the target's tracked tensors "
+        "(`median error %` = exp(median) - 1). Predictions are what `optimal:report=...` gives the target model; "
+        f"measured is the target's own V(W) ({nonstationary} of its tensors not stationary: their last recorded "
+        "value is used).\n\n"
+        f"{table.to_markdown(index=False, floatfmt='.3g')}\n\nPer tensor: `per_tensor.csv`.\n\n"
+        f"Command:\n\n```\n{command}\n```\n"
+    )
+    with atomic_folder(args.output) as tmp:
+        per_tensor.to_csv(tmp / "per_tensor.csv", index=False)
+        (tmp / "README.md").write_text(readme)
+    print(table.to_string(index=False))
+    print(f"written to {args.output}/")
+
+
+if __name__ == "__main__":
+    main()

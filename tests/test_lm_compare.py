@@ -1,0 +1,233 @@
+"""``hf-varinit compare --study lm``: the multi-seed LM init study, its report, its statistics and its resume.
+
+One real study (2 arms x 2 seeds of the tiny GPT-2, 6 steps, eval every 2) is run once per module; the statistics
+are checked on hand-made metrics with known answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats as scipy_stats
+
+from hf_varinit.cli.main import main
+from hf_varinit.errors import ConfigError, RuleError
+from hf_varinit.io_utils import atomic_write_text
+from hf_varinit.record.from_checkpoint import stats_from_checkpoint
+from hf_varinit.report.report import VarianceReport
+from hf_varinit.report.transfer import TransferFit
+from hf_varinit.studies.lm_compare import LMStudy, arm_slug, run_lm_study, study_seeds
+from hf_varinit.studies.lm_report import (
+    RUN_COLUMNS,
+    paired,
+    pilot_cost,
+    steps_to_target,
+    summarize,
+    summary_table,
+    t_interval,
+    welch,
+)
+from hf_varinit.train.options import resolve_config_path
+
+STEPS, TARGET = 6, 6.0
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> str:
+    """The bundled gpt2-tiny-test config, evaluating every 2 steps, with a private tokenizer cache."""
+    folder = tmp_path_factory.mktemp("config")
+    options = yaml.safe_load(resolve_config_path("gpt2-tiny-test").read_text())
+    options["data"]["cache_dir"] = str(folder / "cache")
+    options["training"].update(eval_every=2, checkpoint_every=3)
+    path = folder / "tiny.yaml"
+    atomic_write_text(path, yaml.safe_dump(options))
+    return str(path)
+
+
+def study_argv(config: str, output: Path, *extra: str) -> list[str]:
+    return ["compare", "--study", "lm", "--config", config, "--arms", "gpt2", "kaiming", "--seeds", "2",
+            "--steps", str(STEPS), "--target-loss", str(TARGET), "--output", str(output), "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, config):
+    """(output folder, printed text) of one real study."""
+    output = tmp_path_factory.mktemp("study") / "lm"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(study_argv(config, output))
+    assert code == 0, out.getvalue()[-3000:]
+    return output, out.getvalue()
+
+
+# ----------------------------------------------------------------------------- the study end to end
+
+
+def test_study_writes_the_report_files_and_columns(study):
+    output, _ = study
+    for name in ("README.md", "summary.csv", "runs.csv", "curves.png", "study.json"):
+        assert (output / name).is_file(), name
+    for arm in ("gpt2", "kaiming"):
+        for seed in (0, 1):
+            assert (output / "runs" / arm / f"seed{seed}" / "final" / "config.json").is_file()
+    runs = pd.read_csv(output / "runs.csv")
+    assert list(runs.columns) == RUN_COLUMNS
+    assert len(runs) == 4 and set(runs["arm"]) == {"gpt2", "kaiming"} and set(runs["seed"]) == {0, 1}
+    assert (runs["final_step"] == STEPS).all() and (runs["tokens"] == STEPS * 4 * 32).all()
+    assert (runs["wall_seconds"] > 0).all()
+    summary = pd.read_csv(output / "summary.csv")
+    for column in ("arm", "seeds", "eval_2_mean", "eval_4_mean", "final_eval_mean", "final_eval_std", "reached",
+                   "steps_to_target_mean", "steps_to_target_lo", "steps_to_target_hi", "final_eval_diff",
+                   "final_eval_diff_lo", "final_eval_diff_hi", "final_eval_p", "steps_p", "run_tokens",
+                   "pilot_tokens", "total_tokens"):
+        assert column in summary.columns, column
+    assert list(summary["arm"]) == ["gpt2", "kaiming"]
+    mean = runs[runs["arm"] == "kaiming"]["final_eval_loss"].mean()
+    assert summary["final_eval_mean"].iloc[1] == pytest.approx(mean)
+
+
+def test_study_json_holds_the_settings_and_the_card_the_command(study, config):
+    output, _ = study
+    settings = json.loads((output / "study.json").read_text())
+    assert settings["steps"] == STEPS and settings["seeds"] == [0, 1] and settings["target_loss"] == TARGET
+    assert [a["label"] for a in settings["arms"]] == ["gpt2", "kaiming"]
+    assert settings["config"] == config and settings["options"]["n_embd"] == 32
+    assert set(settings["wall_seconds"]) == {"gpt2/seed0", "gpt2/seed1", "kaiming/seed0", "kaiming/seed1"}
+    card = (output / "README.md").read_text()
+    assert "hf-varinit compare --study lm" in card and "eval loss" in card and "Welch" in card
+    assert "kaiming vs gpt2, final eval loss (Welch):" in card and "(paired by seed):" in card
+
+
+def test_the_printed_table_has_every_arm_and_the_tests(study):
+    _, printed = study
+    assert "| gpt2 " in printed and "| kaiming " in printed
+    assert "final eval loss" in printed and "Δ final eval vs gpt2" in printed and "run + pilot" in printed
+    assert json.loads(printed.strip().splitlines()[-1])["output"].endswith("lm")
+
+
+def test_a_rerun_trains_nothing_and_rewrites_no_run_file(study, config, capsys):
+    output, _ = study
+    before = {p: p.stat().st_mtime_ns for p in (output / "runs").rglob("*") if p.is_file()}
+    assert main(study_argv(config, output)) == 0
+    after = {p: p.stat().st_mtime_ns for p in (output / "runs").rglob("*") if p.is_file()}
+    assert after == before
+    runs = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]
+    assert set(runs.values()) == {"skipped (finished)"} and len(runs) == 4
+
+
+def test_other_steps_in_the_same_folder_are_refused(study, config):
+    output, _ = study
+    before = (output / "study.json").read_text()
+    with pytest.raises(ConfigError, match="--overwrite"):
+        run_lm_study(LMStudy(config=config, arms=["gpt2"], seeds=[0], steps=4, target_loss=TARGET,
+                             output=str(output), progress=False))
+    assert (output / "study.json").read_text() == before
+
+
+def test_a_finished_run_of_another_spec_is_refused_before_training(study, config, tmp_path):
+    output, _ = study
+    other = tmp_path / "other"
+    shutil.copytree(output / "runs" / "gpt2" / "seed0", other / "runs" / "gpt2" / "seed0")
+    log = other / "runs" / "gpt2" / "seed0" / "pretrain.log"
+    before = log.read_text()
+    with pytest.raises(ConfigError, match=r"seed0 is a finished run with init='gpt2'.*--overwrite"):
+        run_lm_study(LMStudy(config=config, arms=["kaiming"], arm_names=["gpt2"], seeds=[0], steps=STEPS,
+                             target_loss=TARGET, output=str(other), progress=False))
+    assert log.read_text() == before and not (other / "study.json").exists()  # nothing trained, nothing written
+
+
+def test_a_bad_arm_spec_fails_before_any_training(config, tmp_path):
+    with pytest.raises(RuleError, match="kaimng"):
+        LMStudy(config=config, arms=["gpt2", "kaimng"], seeds=[0], steps=STEPS, target_loss=TARGET,
+                output=str(tmp_path / "bad"))
+    assert main(study_argv(config, tmp_path / "bad", "--arms", "gpt2", "kaiming:mode=sideways")) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_pilot_cost_is_the_source_runs_tokens_and_unknown_from_final_weights(study, tmp_path):
+    output, _ = study
+    run = output / "runs" / "gpt2" / "seed0"
+    assert pilot_cost(f"optimal:report={run}")["tokens"] == STEPS * 4 * 32
+    assert pilot_cost("kaiming") == {"report": None, "tokens": 0, "note": "no pilot"}
+    combined = VarianceReport.from_stats(run / "variance.safetensors")
+    combined.transfer = TransferFit(widths=[32], depths=[2], sources=[str(run), str(run.parent / "seed1")], n_layer=2)
+    combined.save(tmp_path / "combined")
+    assert pilot_cost(f"optimal:report={tmp_path / 'combined'}")["tokens"] == 2 * STEPS * 4 * 32
+    VarianceReport.from_stats(stats_from_checkpoint(run / "final")).save(tmp_path / "weights")
+    cost = pilot_cost(f"optimal:report={tmp_path / 'weights'}")
+    assert cost["tokens"] is None and "unknown" in cost["note"]
+
+
+# ----------------------------------------------------------------------------- the statistics, by hand
+
+
+def test_welch_on_known_means_gives_the_known_t():
+    test = welch([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])  # means 2 and 3, variances 1: t = 1 / sqrt(2/3), df = 4
+    assert test["diff"] == pytest.approx(1.0) and test["t"] == pytest.approx(1 / math.sqrt(2 / 3))
+    assert test["df"] == pytest.approx(4.0)
+    half = scipy_stats.t.ppf(0.975, 4) * math.sqrt(2 / 3)
+    assert (test["lo"], test["hi"]) == (pytest.approx(1 - half), pytest.approx(1 + half))
+    assert test["p"] == pytest.approx(2 * scipy_stats.t.sf(1 / math.sqrt(2 / 3), 4))
+    assert welch([1.0], [2.0, 3.0])["p"] is None
+
+
+def test_paired_test_uses_the_per_seed_differences_of_the_seeds_both_arms_ran():
+    base = {0: 5.0, 1: 6.0, 2: 7.0, 3: 9.0}
+    other = {0: 4.9, 1: 5.88, 2: 6.89, 4: 1.0}  # seed 3 / 4 ran in one arm only: left out
+    test = paired(base, other)
+    d = [-0.1, -0.12, -0.11]
+    assert test["n"] == 3 and test["diff"] == pytest.approx(sum(d) / 3)
+    assert test["p"] == pytest.approx(scipy_stats.ttest_rel([4.9, 5.88, 6.89], [5.0, 6.0, 7.0]).pvalue)
+    assert test["lo"] < test["diff"] < test["hi"] < 0  # a consistent per-seed gain is detected
+    assert welch(list(base.values())[:3], list(other.values())[:3])["p"] > 0.5  # ... which Welch cannot see
+    assert paired({0: 1.0}, {0: 2.0})["p"] is None
+
+
+def test_t_interval_is_mean_plus_minus_t_times_the_standard_error():
+    lo, hi = t_interval([10, 20, 30])
+    half = scipy_stats.t.ppf(0.975, 2) * 10 / math.sqrt(3)
+    assert (lo, hi) == (pytest.approx(20 - half), pytest.approx(20 + half))
+    assert t_interval([10]) == (None, None)
+
+
+def metrics(evals: dict[int, float]) -> pd.DataFrame:
+    return pd.DataFrame([{"step": s, "loss": v + 0.1, "eval_loss": v} for s, v in evals.items()])
+
+
+def test_steps_to_target_and_a_run_that_never_reaches_it():
+    arms = [{"label": "a", "spec": "gpt2", "slug": "a"}, {"label": "b", "spec": "kaiming", "slug": "b"}]
+    curves = {("a", 0): {10: 5.0, 20: 4.0, 30: 3.0}, ("a", 1): {10: 5.0, 20: 4.4, 30: 3.4},
+              ("b", 0): {10: 4.0, 20: 3.9, 30: 3.8}, ("b", 1): {10: 5.0, 20: 4.5, 30: 4.2}}
+    frames = {k: metrics(v) for k, v in curves.items()}
+    assert steps_to_target(frames["a", 0], 4.0) == 20 and steps_to_target(frames["b", 1], 4.0) is None
+    runs = pd.DataFrame([{"arm": a, "spec": "x", "seed": s, "run_dir": "", "final_step": 30,
+                          "final_eval_loss": c[30], "steps_to_target": steps_to_target(frames[a, s], 4.0),
+                          "tokens": 100, "wall_seconds": 1.0} for (a, s), c in curves.items()], columns=RUN_COLUMNS)
+    summary = summarize(runs, frames, arms, [10, 30], {"b": {"tokens": 50, "note": "one source run"}})
+    a, b = summary.iloc[0], summary.iloc[1]
+    half = scipy_stats.t.ppf(0.975, 1) * math.sqrt(50) / math.sqrt(2)  # steps 20 and 30: std sqrt(50), n 2
+    assert a["reached"] == "2/2" and a["steps_to_target_mean"] == 25.0
+    assert (a["steps_to_target_lo"], a["steps_to_target_hi"]) == (pytest.approx(25 - half), pytest.approx(25 + half))
+    assert b["reached"] == "1/2" and b["steps_to_target_mean"] == 10.0  # the run that never reached it: not averaged
+    assert b["steps_diff"] == pytest.approx(-15.0) and math.isnan(b["steps_p"])  # one value: no test
+    assert a["eval_10_mean"] == pytest.approx(5.0) and b["final_eval_mean"] == pytest.approx(4.0)
+    assert b["final_eval_diff"] == pytest.approx(4.0 - 3.2)
+    assert b["final_eval_p"] == pytest.approx(scipy_stats.ttest_ind([3.8, 4.2], [3.0, 3.4], equal_var=False).pvalue)
+    assert (b["run_tokens"], b["pilot_tokens"], b["total_tokens"]) == (100, 50, 150)
+    table = summary_table(summary, [10, 30], 4.0)
+    assert "10 (not reached 1/2)" in table and "eval @10" in table and "| 150 " in table
+
+
+def test_seed_counts_and_slugs():
+    assert study_seeds([3]) == [0, 1, 2] and study_seeds([4, 7]) == [4, 7]
+    with pytest.raises(ConfigError):
+        study_seeds([0])
+    assert arm_slug("optimal:report=runs/x,fallback=gpt2") == "optimal_report_runs_x_fallback_gpt2"
