@@ -274,3 +274,9 @@ def test_real_process_prints_one_error_line_and_exits_1(inputs, tmp_path, case):
     errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
     assert len(errors) == 1 and errors[0].startswith(f"hf-varinit {argv[0]}: error: "), proc.stderr[-2000:]
     assert _tree(tmp_path) == before
+
+
+def test_pretrain_with_a_bad_init_creates_no_output_folder(tmp_path):
+    code, err, _ = run_cli(["pretrain", "--config", "gpt2-tiny-test", "--init", "nosuch", "--output_dir",
+                            tmp_path / "run"], tmp_path)
+    assert code == 1 and "unknown init rule" in err and not (tmp_path / "run").exists()

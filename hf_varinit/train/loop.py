@@ -48,9 +48,10 @@ from transformers import get_scheduler
 from hf_varinit.arch import parse_layer_key
 from hf_varinit.errors import ConfigError, NonFiniteLossError
 from hf_varinit.init.patch import from_config
+from hf_varinit.init.rules import get_rule
 from hf_varinit.record.recorder import VarianceRecorder
 from hf_varinit.record.stats_file import library_versions
-from hf_varinit.report.optimal import spec_recipe_note
+from hf_varinit.report.optimal import spec_recipe_note  # (importing it registers the "optimal" rule)
 from hf_varinit.train.build import (
     EpochSampler,
     build_model_config,
@@ -135,6 +136,7 @@ def run_pretrain(options: PretrainOptions, *, command: str | list[str] | None = 
     """
     t0 = time.perf_counter()
     t = options.training
+    get_rule(t.init)  # a bad init spec fails before any file is written
     output_dir = check_output_dir(t.output_dir)
     if t.resume and find_latest_checkpoint(output_dir) is None:
         raise ConfigError(f"--resume: no complete checkpoint in {output_dir / CHECKPOINTS} (folders without a "
