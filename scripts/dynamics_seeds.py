@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import t as student_t
 
 from hf_varinit.arch import layer_key
 from hf_varinit.errors import ConfigError
@@ -42,6 +41,7 @@ from hf_varinit.report.dynamics import ALPHA, QKV, depth_statistic
 from hf_varinit.report.plots import plot_seed_bands
 from hf_varinit.report.steady_state import analyze, cumulative_lr, record_schedule
 from hf_varinit.report.tables import markdown_table
+from hf_varinit.studies.paired import t_interval
 
 STATISTICS = {"rho_settle": ("deep layers settle later", 1),
               "rho_early_growth": ("shallow layers expand faster early", -1)}
@@ -99,15 +99,12 @@ def seed_row(stats: VarianceStats) -> dict:
             "stationary_qkv": f"{sum(bool(a.stationary) for a in qkv)}/{len(qkv)}", "path": str(stats.path)}
 
 
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float, int]:
+def mean_interval(values: list[float]) -> tuple[float, float, float, int]:
     """(mean, low, high, n) of the finite values: a Student t-interval; low = high = NaN with fewer than 2."""
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if x.size == 0:
-        return math.nan, math.nan, math.nan, 0
-    if x.size < 2:
-        return float(x.mean()), math.nan, math.nan, 1
-    half = student_t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-    return float(x.mean()), float(x.mean() - half), float(x.mean() + half), int(x.size)
+    x = [v for v in values if v is not None and math.isfinite(v)]
+    low, high = t_interval(x)
+    return (float(np.mean(x)) if x else math.nan, math.nan if low is None else low,
+            math.nan if high is None else high, len(x))
 
 
 def verdict(low: float, high: float, claim: str, sign: int) -> str:
@@ -124,11 +121,11 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for group, part in rows.groupby("group", sort=True):
         for name, (claim, sign) in STATISTICS.items():
-            mean, low, high, n = t_interval(list(part[name]))
+            mean, low, high, n = mean_interval(list(part[name]))
             out.append({"group": group, "statistic": name, "seeds": n, "mean": mean, "ci_low": low,
                         "ci_high": high, "verdict": verdict(low, high, claim, sign)})
         for name in ("window_lr_share", "window_lr_fraction"):
-            mean, low, high, n = t_interval(list(part[name]))
+            mean, low, high, n = mean_interval(list(part[name]))
             out.append({"group": group, "statistic": name, "seeds": n, "mean": mean, "ci_low": low,
                         "ci_high": high, "verdict": ""})
     return pd.DataFrame(out)

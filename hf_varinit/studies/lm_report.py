@@ -30,6 +30,7 @@ from hf_varinit.io_utils import atomic_write, atomic_write_text
 from hf_varinit.record.stats_file import STATS_FILENAME, load_stats
 from hf_varinit.report.report import VarianceReport
 from hf_varinit.report.tables import format_cell, markdown_table
+from hf_varinit.studies.paired import paired_test, t_interval
 from hf_varinit.studies.render import model_card
 
 __all__ = ["METRICS", "RUN_COLUMNS", "pilot_cost", "read_metrics", "run_rows", "run_tokens", "steps_to_target",
@@ -161,15 +162,6 @@ def eval_at(frame: pd.DataFrame, step: int) -> float:
 # ----------------------------------------------------------------------------- statistics
 
 
-def t_interval(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean +- the 95 % Student-t half-width over ``values`` (None, None for fewer than two)."""
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if len(x) < 2:
-        return None, None
-    half = scipy_stats.t.ppf(1 - ALPHA / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
-    return float(x.mean() - half), float(x.mean() + half)
-
-
 def welch(baseline: Sequence[float], other: Sequence[float]) -> dict[str, float | None]:
     """Welch's t-test of ``other`` against ``baseline``: ``diff`` (mean other - mean baseline), its 95 % interval
     (``lo``, ``hi``, Welch-Satterthwaite degrees of freedom ``df``), ``t`` and the two-sided ``p``.
@@ -196,15 +188,13 @@ def welch(baseline: Sequence[float], other: Sequence[float]) -> dict[str, float 
 def paired(baseline: Mapping[int, float], other: Mapping[int, float]) -> dict[str, float | None]:
     """Paired t-test over the seeds both arms ran (every arm of a seed shares its data order): ``diff`` (mean of
     other - baseline per seed), its 95 % t-interval (``lo``, ``hi``), ``n`` seeds and the two-sided ``p``."""
-    seeds = sorted(s for s in set(baseline) & set(other)
-                   if math.isfinite(baseline[s]) and math.isfinite(other[s]))
+    seeds = sorted(set(baseline) & set(other))
+    test = paired_test([baseline[s] for s in seeds], [other[s] for s in seeds])
     d = np.asarray([other[s] - baseline[s] for s in seeds], dtype=float)
-    out: dict[str, float | None] = {"diff": float(d.mean()) if len(d) else None, "lo": None, "hi": None,
-                                    "n": len(d), "p": None}
-    if len(d) < 2 or d.std(ddof=1) == 0:
-        return out
-    out["lo"], out["hi"] = t_interval(d)
-    out["p"] = float(scipy_stats.ttest_1samp(d, 0.0).pvalue)
+    d = d[np.isfinite(d)]
+    out = {"diff": test["mean_diff"], "lo": None, "hi": None, "n": test["n"], "p": None}
+    if len(d) >= 2 and d.std(ddof=1) > 0:  # a spread to test against
+        (out["lo"], out["hi"]), out["p"] = t_interval(d), test["t_p"]
     return out
 
 

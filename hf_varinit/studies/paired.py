@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
-__all__ = ["BOOTSTRAP_SAMPLES", "bootstrap_ci", "paired_test"]
+__all__ = ["BOOTSTRAP_SAMPLES", "bootstrap_ci", "paired_test", "t_interval"]
 
 BOOTSTRAP_SAMPLES = 10_000
 
@@ -32,6 +32,15 @@ def bootstrap_ci(values: Sequence[float], level: float = 0.95, seed: int = 0) ->
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(means, [tail, 100 - tail])
     return float(lo), float(hi)
+
+
+def t_interval(values: Sequence[float | None], level: float = 0.95) -> tuple[float | None, float | None]:
+    """Mean +- the Student-t half-width at ``level`` over the finite ``values`` (None, None for fewer than two)."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if len(x) < 2:
+        return None, None
+    half = scipy_stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean() - half), float(x.mean() + half)
 
 
 def paired_test(reference: Sequence[float | None], other: Sequence[float | None]) -> dict:

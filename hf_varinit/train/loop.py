@@ -52,6 +52,7 @@ from hf_varinit.init.rules import get_rule
 from hf_varinit.record.recorder import VarianceRecorder
 from hf_varinit.record.stats_file import library_versions
 from hf_varinit.report.optimal import spec_recipe_note  # (importing it registers the "optimal" rule)
+from hf_varinit.report.steady_state import SCHEDULER_NAMES
 from hf_varinit.train.build import (
     EpochSampler,
     build_model_config,
@@ -172,11 +173,12 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
         print(f"note: {note}", flush=True)
     recorder = VarianceRecorder(model, every=t.record_every, rule=t.init)
     optimizer = build_optimizer(t, model)
-    scheduler = get_scheduler(f"{t.lr_schedule}_with_warmup" if t.lr_schedule == "constant" else t.lr_schedule,
-                              optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
+    scheduler = get_scheduler(SCHEDULER_NAMES[t.lr_schedule], optimizer, num_warmup_steps=t.warmup_steps,
+                              num_training_steps=t.max_steps)
     train_dl, eval_dl, sampler = get_dataloaders(accelerator, options, data)
     model, optimizer, scheduler = prepare_model(accelerator, model, optimizer, scheduler, t.compile)
     recorder.rebind(model)  # the parameters the run trains (sharded ones under FSDP2), roles from the model built
+    records_here = main or recorder.collective  # sharded weights: every rank joins the record's collective
     metadata = stats_metadata(options, data.source, accelerator.num_processes)
     state, resumed = start_state(accelerator, output_dir, recorder, metrics, options)
     accelerator.init_trackers("hf_varinit", config={f"{g}.{k}": v for g, d in options.to_dict().items()
@@ -209,7 +211,7 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
                 state.epoch, state.position = state.epoch + 1, 0
             bar.update(1)
             recorded = state.step % t.record_every == 0
-            if recorded:  # every rank: a collective when the weights are sharded
+            if recorded and records_here:
                 recorder.record(state.step)
             final = state.step >= t.max_steps
             evaluated = final or bool(t.eval_every and state.step % t.eval_every == 0)
@@ -240,7 +242,8 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
     if evaluation is None:  # resumed at the final step: nothing trained, still report the eval
         evaluation = evaluate(accelerator, model, eval_dl, t.eval_batches)
     final_dir = output_dir / "final"
-    recorder.record(state.step)
+    if records_here:
+        recorder.record(state.step)
     weights = full_state_dict(model)  # gathered on every rank when sharded (None otherwise)
     if main:
         recorder.save(output_dir, {**metadata, "final_step": state.step, "eval_loss": finite_or_none(evaluation[0]),
@@ -275,7 +278,8 @@ def start_state(accelerator: Accelerator, output_dir: Path, recorder: VarianceRe
                       f"rebuilt over {options.training.max_steps} steps and continues at step {state.step}")
     else:
         state = RunState()
-        recorder.record(0)  # the init, before any update (on every rank: a collective when sharded)
+        if accelerator.is_main_process or recorder.collective:  # a collective when sharded
+            recorder.record(0)  # the init, before any update
     state.world_size, state.options = accelerator.num_processes, options.to_dict()
     if accelerator.is_main_process:
         metrics.restart(state.step)  # a resumed run rewrites what followed its checkpoint
