@@ -152,7 +152,7 @@ def test_a_bad_arm_spec_fails_before_any_training(config, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-def test_pilot_cost_is_the_source_runs_tokens_and_unknown_from_final_weights(study, tmp_path):
+def test_pilot_cost_is_the_source_runs_tokens_also_from_its_final_weights(study, tmp_path):
     output, _ = study
     run = output / "runs" / "gpt2" / "seed0"
     assert pilot_cost(f"optimal:report={run}")["tokens"] == STEPS * 4 * 32
@@ -161,8 +161,18 @@ def test_pilot_cost_is_the_source_runs_tokens_and_unknown_from_final_weights(stu
     combined.transfer = TransferFit(widths=[32], depths=[2], sources=[str(run), str(run.parent / "seed1")], n_layer=2)
     combined.save(tmp_path / "combined")
     assert pilot_cost(f"optimal:report={tmp_path / 'combined'}")["tokens"] == 2 * STEPS * 4 * 32
+    # pretrain writes the weights' training tokens into final/config.json; a report of those weights keeps them
+    assert json.loads((run / "final" / "config.json").read_text())["varinit_train_tokens"] == STEPS * 4 * 32
     VarianceReport.from_stats(stats_from_checkpoint(run / "final")).save(tmp_path / "weights")
     cost = pilot_cost(f"optimal:report={tmp_path / 'weights'}")
+    assert cost == {"report": str(tmp_path / "weights"), "tokens": STEPS * 4 * 32,
+                    "note": "the final weights of one training run"}
+    config = json.loads((run / "final" / "config.json").read_text())  # weights saved by another tool: unknown
+    del config["varinit_train_tokens"]
+    shutil.copytree(run / "final", tmp_path / "other")
+    (tmp_path / "other" / "config.json").write_text(json.dumps(config))
+    VarianceReport.from_stats(stats_from_checkpoint(tmp_path / "other")).save(tmp_path / "other-weights")
+    cost = pilot_cost(f"optimal:report={tmp_path / 'other-weights'}")
     assert cost["tokens"] is None and "unknown" in cost["note"]
 
 

@@ -188,3 +188,41 @@ def test_from_report_applies_config_overrides(tmp_path):
 def test_unreadable_report_path_is_a_report_error(tiny_gpt2_config):
     with pytest.raises(ReportError, match="cannot be read: File name too long"):
         hv.init_plan(hv.from_config(tiny_gpt2_config), f"optimal:report={'x' * 300}")
+
+
+# --- roles: which tensors take V(W) (the ablations of the LM study) -------------------------------------------------
+def test_roles_filter_gives_v_w_to_the_named_roles_and_the_fallback_to_the_rest(gpt2_config, tmp_path):
+    report = _synthetic_report(gpt2_config, tmp_path, _qkv_value)
+    spec = f"optimal:report={report},roles=q+k+v,fallback=gpt2"
+    rows = {r.key: r for r in hv.init_plan(hv.from_config(gpt2_config, seed=0), spec)}
+    fallback = {r.key: r for r in hv.init_plan(hv.from_config(gpt2_config, seed=0), "gpt2")}
+    for role in "qkv":
+        row = rows[f"layers.1.{role}"]
+        assert row.std ** 2 == pytest.approx(V[role]) and "roles q+k+v" in row.note
+    for key in ("layers.0.attn_out", "layers.1.mlp_in", "layers.1.mlp_out", "embedding", "position"):
+        assert rows[key].std == pytest.approx(fallback[key].std) and rows[key].note == "fallback gpt2", key
+    # and the weights are drawn that way: Q from the report, the residual projection at gpt2's scaled std
+    model = hv.from_config(gpt2_config, spec, seed=0)
+    d = gpt2_config.n_embd
+    assert model.transformer.h[1].attn.c_attn.weight[:, :d].var().item() == pytest.approx(V["q"], rel=0.05)
+    assert model.transformer.h[1].attn.c_proj.weight.std().item() == pytest.approx(fallback["layers.1.attn_out"].std,
+                                                                                   rel=0.05)
+
+
+def test_roles_filter_composes_with_depth_interpolation(tmp_path):
+    report = _synthetic_report(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100), tmp_path, _qkv_value)
+    deeper = GPT2Config(n_layer=4, n_embd=32, n_head=4, vocab_size=100)
+    spec = f"optimal:report={report},allow-depth-interpolation,roles=embedding+attn_out"
+    rows = {r.key: r for r in hv.init_plan(hv.from_config(deeper, seed=0), spec)}
+    assert rows["layers.3.attn_out"].std ** 2 == pytest.approx(2.5e-3)
+    assert rows["embedding"].std ** 2 == pytest.approx(2.5e-3)
+    assert rows["layers.3.q"].note == "fallback kaiming"
+
+
+@pytest.mark.parametrize("roles, match", [("qq", r"roles='qq' names unknown role 'qq'; known roles: q\+k\+v"),
+                                          ("mlp_gate", r"roles='mlp_gate' selects none of the tensors .*roles it has"),
+                                          ("", r"roles='' must name tensor roles joined by '\+'")])
+def test_bad_roles_are_a_rule_error_naming_the_value(gpt2_config, tmp_path, roles, match):
+    report = _synthetic_report(gpt2_config, tmp_path)
+    with pytest.raises(hv.HFVarInitError, match=match):
+        hv.from_config(gpt2_config, f"optimal:report={report},roles={roles}")

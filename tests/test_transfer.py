@@ -75,7 +75,7 @@ def test_two_width_report_fits_alpha_and_predicts_a_third_width(tmp_path):
     combined = combine_reports([narrow, wide])
     assert combined is wide and combined.transfer.widths == [32, 64]
     assert combined.transfer.fits["layers.1.q"].alpha == pytest.approx(ALPHA)
-    assert combined.transfer.fits["embedding"].alpha == 0  # fan_in is the vocabulary at every width
+    assert combined.transfer.fits["embedding"].alpha == pytest.approx(0, abs=1e-12)  # same V(W) at both widths
     target = gpt2(128)
     rows = plan(target, f"optimal:report={combined.save(tmp_path / 'r')},width-transfer=fit")
     for key, fan in fans(target).items():
@@ -83,6 +83,22 @@ def test_two_width_report_fits_alpha_and_predicts_a_third_width(tmp_path):
             expected = C * fan ** -ALPHA * (1 + int(key.split(".")[1]))
             assert rows[key].std ** 2 == pytest.approx(expected, rel=1e-6), key
     assert rows["layers.0.mlp_out"].note == "fit alpha=0.8 over widths 32,64; layer 0"
+
+
+def test_embeddings_are_fitted_against_the_width_not_their_vocabulary_fan_in(tmp_path):
+    def width_law(config):  # embeddings shrink with the width; everything else follows the fan-in law
+        return lambda t: C * config.n_embd ** -ALPHA if t["role"] in ("embedding", "position") else law(t)
+
+    runs = [VarianceReport.from_stats(recorded(gpt2(w), tmp_path / f"w{w}", width_law(gpt2(w)))) for w in (32, 64)]
+    combined = combine_reports(runs)
+    fit = combined.transfer.fits["embedding"]
+    assert (fit.variable, fit.fan_in) == ("width", [32, 64]) and fit.alpha == pytest.approx(ALPHA)
+    rows = plan(gpt2(128), f"optimal:report={combined.save(tmp_path / 'r')},width-transfer=fit")
+    for key in ("embedding", "position"):  # extrapolated to width 128, not held at the proxies' mean
+        assert rows[key].std ** 2 == pytest.approx(C * 128 ** -ALPHA, rel=1e-6), key
+    assert rows["embedding"].note == "fit alpha=0.8 vs width over widths 32,64"
+    reloaded = VarianceReport.load(tmp_path / "r").transfer.fits["embedding"]
+    assert reloaded.variable == "width"
 
 
 # --- fan-in -------------------------------------------------------------------------------------------------------

@@ -172,6 +172,9 @@ def stats_from_checkpoint(source: str | os.PathLike) -> VarianceStats:
         "config": json.loads(config.to_json_string(use_diff=False)), "n_layer": num_layers(config),
         "rule": rule, "source": "checkpoint", "checkpoint": str(source), "absent_tensors": absent,
     }
+    tokens = getattr(config, "varinit_train_tokens", None)  # written by `hf-varinit pretrain` into final/
+    if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
+        metadata["train_tokens"] = tokens
     if not is_local_checkpoint(source):
         metadata["hub_id"] = str(source)
     return VarianceStats(step=np.zeros(1, dtype=np.int64), mean=mean, var=var, second_moment=second_moment(var, mean),

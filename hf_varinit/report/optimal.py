@@ -13,7 +13,6 @@ builds the report's own architecture and initialises it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import reprlib
@@ -23,15 +22,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
-from hf_varinit.arch import config_differences, config_from_dict, hidden_size, num_layers, shape_differences
+from hf_varinit.arch import config_from_dict, hidden_size, num_layers
 from hf_varinit.errors import ConfigError, HFVarInitError, ReportError, RuleError
 from hf_varinit.init.patch import from_config
-from hf_varinit.init.roles import TensorRole, tracked_roles, tracked_shapes
+from hf_varinit.init.roles import TRACKED_ROLES, TensorRole, tracked_roles
 from hf_varinit.init.rules import Init, InitRule, ModelContext, _check_choice, get_rule, register_rule
 from hf_varinit.report import transfer
+from hf_varinit.report.compatibility import check_compatible, report_fans, report_shapes
 from hf_varinit.report.report import VarianceReport
 from hf_varinit.report.transfer import WIDTH_TRANSFERS, fan_in_table, fit_table, interpolate_depth
 
@@ -78,6 +77,8 @@ class OptimalRule(InitRule):
             ``fit`` (V(W) = c * fan_in^-alpha fitted by ``hf-varinit report RUN_A RUN_B ...``); also maps depth.
         nonstationary: what to do with tensors the report marks not stationary: ``last`` (use the last
             recorded value, noted in the plan), ``skip`` (use the fallback) or ``error``.
+        roles: only tensors of these roles take V(W), joined by ``+`` (``q+k+v``; ``embedding+position+attn_out+
+            mlp_out``); the others use the fallback. For ablations: which tensors carry a gain?
     """
 
     name: ClassVar[str] = "optimal"
@@ -88,6 +89,7 @@ class OptimalRule(InitRule):
     allow_depth_interpolation: bool = False
     nonstationary: str = "last"
     width_transfer: str | None = None
+    roles: str | None = None
 
     def __post_init__(self):
         if isinstance(self.report, os.PathLike):
@@ -111,6 +113,8 @@ class OptimalRule(InitRule):
         _check_choice(self.name, "nonstationary", self.nonstationary, ("last", "skip", "error"))
         if self.width_transfer is not None:
             _check_choice(self.name, "width_transfer", self.width_transfer, WIDTH_TRANSFERS)
+        if self.roles is not None:
+            selected_roles(self.roles)
         if self.variances is not None:
             _check_table_types(self.variances)
             check_variances(self.variances, "variances")
@@ -132,7 +136,7 @@ class OptimalRule(InitRule):
         fallback = get_rule(self.fallback)
         if self.variances is not None:
             table = {k: (v, "") for k, v in check_variances(self.variances, "variances").items()}
-            return BoundOptimalRule(table, fallback, "variances table")
+            return self._bound(table, fallback, "variances table", model)
         report = self.loaded if self.loaded is not None else _load_report(self.report)
         source = self.report or report.origin or "in-memory report"
         variances = check_variances(report.variances(nonstationary=self.nonstationary), source)
@@ -151,7 +155,32 @@ class OptimalRule(InitRule):
             table = interpolate_depth(variances, src_depth, dst_depth)
         else:
             table = {k: (v, "") for k, v in variances.items()}
-        return BoundOptimalRule(table, fallback, f"report {source}")
+        return self._bound(table, fallback, f"report {source}", model)
+
+    def _bound(self, table: dict, fallback: InitRule, source: str, model) -> BoundOptimalRule:
+        """The bound rule, its table cut to ``roles`` (refused when that leaves no tensor of the model)."""
+        if self.roles is None:
+            return BoundOptimalRule(table, fallback, source)
+        roles = selected_roles(self.roles)
+        keys = {entry.key: entry.role for entry, _ in tracked_roles(model)}
+        kept = {k: v for k, v in table.items() if keys.get(k) in roles}
+        if not kept:
+            present = sorted({keys[k] for k in table if k in keys})
+            raise RuleError(f"rule 'optimal': roles={self.roles!r} selects none of the tensors of {source} "
+                            f"in this model; roles it has: {'+'.join(present) or 'none'}")
+        return BoundOptimalRule(kept, fallback, f"{source}, roles {self.roles}")
+
+
+def selected_roles(spec: str) -> frozenset[str]:
+    """``"q+k+v"`` -> {"q", "k", "v"}; a RuleError names an unknown role and lists the known ones."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise RuleError(f"rule 'optimal': roles={spec!r} must name tensor roles joined by '+', e.g. roles=q+k+v")
+    roles = frozenset(r.strip() for r in spec.split("+"))
+    unknown = sorted(roles - set(TRACKED_ROLES))
+    if unknown:
+        raise RuleError(f"rule 'optimal': roles={spec!r} names unknown role {unknown[0]!r}; known roles: "
+                        f"{'+'.join(TRACKED_ROLES)}")
+    return roles
 
 
 def _width_table(mode: str, report: VarianceReport, variances: dict[str, float], model, source: str,
@@ -165,7 +194,8 @@ def _width_table(mode: str, report: VarianceReport, variances: dict[str, float],
             raise ReportError(f"report {source!r} holds no width fit{widths}: 'width-transfer=fit' needs a report of "
                               "runs at >= 2 widths, made with `hf-varinit report RUN_A RUN_B ... --output R`; or use "
                               "'width-transfer=fan-in'")
-        return fit_table(fit, dst_fans, dst_depth)
+        config = getattr(model, "config", None)
+        return fit_table(fit, dst_fans, dst_depth, hidden_size(config) if config is not None else None)
     src_fans = report_fans(report)
     if src_fans is None:
         raise ReportError(f"report {source!r}: the fans of its tensors are unknown (its model cannot be rebuilt from "
@@ -181,97 +211,6 @@ def _check_table_types(variances: Any) -> None:
         if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RuleError(f"rule 'optimal': variances[{key!r}] = {value!r}; the table maps keys (strings such as "
                             "'layers.0.q') to numbers V(W) > 0")
-
-
-@lru_cache(maxsize=16)
-def _tracked_of_config(model_type: str, config_json: str) -> dict[str, tuple[tuple[int, ...], int]] | None:
-    """``{key: (shape, fan_in)}`` of the tracked tensors of the model a stored config describes (built on the meta
-    device), or None when the config cannot be rebuilt here (a model type this transformers does not know, a
-    remote-code model)."""
-    try:
-        config = config_from_dict(model_type, json.loads(config_json))
-        with torch.device("meta"):  # shapes only
-            model = from_config(config, "hf")
-        fans = {entry.key: entry.fan_in for entry, _ in tracked_roles(model)}
-        return {key: (shape, fans[key]) for key, shape in tracked_shapes(model).items()}
-    except (HFVarInitError, ValueError, TypeError, KeyError, AttributeError, ImportError, OSError):
-        return None
-
-
-def _report_tracked(report: VarianceReport) -> dict[str, tuple[tuple[int, ...], int]] | None:
-    if not report.config or report.model_type == "unknown":
-        return None
-    found = _tracked_of_config(report.model_type, json.dumps(report.config, sort_keys=True, default=str))
-    return None if found is None else {k: v for k, v in found.items() if k in report.tensors}
-
-
-def report_shapes(report: VarianceReport) -> dict[str, tuple[int, ...]] | None:
-    """``{key: shape}`` of the report's tracked tensors (those it has V(W) for), or None if its model cannot be
-    rebuilt from the stored config."""
-    found = _report_tracked(report)
-    return None if found is None else {k: shape for k, (shape, _) in found.items()}
-
-
-def report_fans(report: VarianceReport) -> dict[str, int] | None:
-    """``{key: fan_in}`` of the report's tracked tensors (Q/K/V slices by their own fans), or None if its model
-    cannot be rebuilt from the stored config."""
-    found = _report_tracked(report)
-    return None if found is None else {k: fan for k, (_, fan) in found.items()}
-
-
-def _config_hint(report: VarianceReport, config) -> str:
-    diffs = config_differences(report.config, config) if config is not None else []
-    return "" if not diffs else " (config: " + ", ".join(f"{k} {a} vs {b}" for k, a, b in diffs) + ")"
-
-
-def check_compatible(report: VarianceReport, model, source: str, width_transfer: str | None = None) -> None:
-    """Refuse a report measured on another architecture, width, or tensor shapes than ``model``'s.
-
-    Shapes are those of the tracked tensors themselves: a config entry that changes no tensor (GPT-2's head count)
-    is no mismatch, and one that does (the vocabulary, the positions) is named with the tensor. Depth is left to
-    the caller (`OptimalRule.bind` maps it by relative depth with ``allow-depth-interpolation``). With
-    ``width_transfer`` a width (hidden size, heads, MLP width) may differ, nothing else.
-
-    Raises:
-        ReportError: naming the first mismatch, both values and the fix.
-    """
-    config = getattr(model, "config", None)
-    if config is None:
-        return
-    model_type = getattr(config, "model_type", None)
-    if report.model_type and model_type and report.model_type != model_type:
-        raise ReportError(
-            f"report {source!r} was measured on model_type {report.model_type!r}, but the model is "
-            f"{model_type!r}; use a report of the same architecture"
-        )
-    report_width = hidden_size(report.config)
-    width = hidden_size(config)
-    if report_width and width and int(report_width) != width:
-        if width_transfer is None:
-            raise ReportError(
-                f"report {source!r} was measured at hidden size {report_width}, but the model has {width}; V(W) "
-                "depends on the width: add ',width-transfer=fan-in' (or =fit with a multi-width report) to the rule "
-                "spec, or use a report of the same width"
-            )
-        differences = config_differences(report.config, config)
-        transfer.check_only_scale_differs(report.model_type, differences, f"report {source!r}")
-        return
-    theirs = report_shapes(report)
-    if theirs is None:  # the report's model cannot be rebuilt: compare the config entries that fix shapes
-        diffs = config_differences(report.config, config)
-        if diffs:
-            key, a, b = diffs[0]
-            raise ReportError(f"report {source!r} was measured with {key}={a}, but the model has {key}={b}; "
-                              "the tensors' shapes differ, so use a report of the same architecture")
-        return
-    differences = shape_differences(theirs, tracked_shapes(model))
-    if differences:
-        key, a, b = differences[0]
-        raise ReportError(
-            f"report {source!r} does not fit the model: tracked tensor {key!r} has shape {a} in the report but "
-            f"{b} in the model{_config_hint(report, config)}; V(W) holds per tensor, so use a report measured at "
-            f"these shapes, or build the report's own architecture with hv.from_report({source!r}, ...)"
-        )
 
 
 def report_config(report: VarianceReport | str | os.PathLike[str], **overrides: Any) -> PretrainedConfig:
@@ -400,4 +339,5 @@ class BoundOptimalRule(InitRule):
 register_rule(OptimalRule.name, OptimalRule)
 
 __all__ = ["BoundOptimalRule", "OptimalRule", "check_compatible", "combine_reports", "from_report",
-           "interpolate_depth", "recipe_mismatch", "report_config", "report_fans", "report_shapes", "spec_recipe_note"]
+           "interpolate_depth", "recipe_mismatch", "report_config", "report_fans", "report_shapes", "selected_roles",
+           "spec_recipe_note"]

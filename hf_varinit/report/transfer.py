@@ -4,7 +4,9 @@
 * **fan-in** (`fan_in_table`): V_target = V_source * fan_in_source / fan_in_target, the variance-preserving
   assumption (exponent 1), with each tensor's (or Q/K/V slice's) true fan_in.
 * **fit** (`fit_runs`, `fit_table`): from runs at >= 2 widths, per role and relative depth
-  V(W) = c * fan_in^(-alpha), least squares in log-log; the target's V(W) is predicted at its own fan_in.
+  V(W) = c * fan_in^(-alpha), least squares in log-log; the target's V(W) is predicted at its own fan_in. An
+  embedding's fan_in is the vocabulary (or the positions), the same at every width, so embeddings are fitted
+  against the width (their fan_out) instead: V(W) = c * width^(-alpha).
 
 Order when width and depth both change: first predict at the target's fans on the source's depth grid (the
 report's layers, or for a fit the deepest run's layers), then interpolate along depth to the target's layers.
@@ -23,6 +25,7 @@ import numpy as np
 
 from hf_varinit.arch import get_architecture, parse_layer_key
 from hf_varinit.errors import ReportError
+from hf_varinit.init.roles import EMBEDDING_ROLES
 
 __all__ = ["PowerLawFit", "TransferFit", "check_combinable", "check_only_scale_differs", "describe_recipe",
            "fan_in_table", "fit_power_law", "fit_runs", "fit_table", "interpolate_depth", "recipe_note", "recipe_of",
@@ -97,7 +100,8 @@ def _depth_map(values: Mapping[str, float], src_layers: int | None, dst_layers: 
 
 @dataclass
 class PowerLawFit:
-    """V(W) = c * fan_in^(-alpha) for one key, with the points it was fitted on (log residuals)."""
+    """V(W) = c * x^(-alpha) for one key, with the points it was fitted on (log residuals); x is the fan_in, or for
+    embeddings (``variable="width"``) the hidden size. ``fan_in`` holds the x values."""
 
     c: float
     alpha: float
@@ -105,6 +109,7 @@ class PowerLawFit:
     v_w: list[float]
     residuals: list[float]
     relative_depth: float | None = None
+    variable: str = "fan_in"
 
     def predict(self, fan_in: float) -> float:
         return self.c * float(fan_in) ** (-self.alpha)
@@ -157,6 +162,8 @@ class TransferFit:
         for key, f in fits.items():
             if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (f.c, f.alpha)) or f.c <= 0:
                 raise ReportError(f"'transfer' fit of {key!r}: c={f.c!r}, alpha={f.alpha!r} must be finite, c > 0")
+            if f.variable not in ("fan_in", "width"):
+                raise ReportError(f"'transfer' fit of {key!r}: variable={f.variable!r} must be 'fan_in' or 'width'")
         return out
 
 
@@ -173,30 +180,37 @@ def fit_runs(runs: Sequence[Mapping[str, Any]]) -> TransferFit:
         fans = role_fans(r["fans"])
         for key, (v, _) in _depth_map(r["variances"], r["n_layer"], depth).items():
             role = parse_layer_key(key)[1]
-            if role in fans:
+            if role in EMBEDDING_ROLES:  # its fan_in is the vocabulary at every width: fit against the width
+                points.setdefault(key, []).append((int(r["width"]), v))
+            elif role in fans:
                 points.setdefault(key, []).append((fans[role], v))
     fits = {}
     if len(widths) >= 2:
         for key, pts in points.items():
             fit = fit_power_law([p[0] for p in pts], [p[1] for p in pts])
-            layer = parse_layer_key(key)[0]
+            layer, role = parse_layer_key(key)
+            fit.variable = "width" if role in EMBEDDING_ROLES else "fan_in"
             fit.relative_depth = None if layer is None else (layer / (depth - 1) if depth and depth > 1 else 0.0)
             fits[key] = fit
     return TransferFit(widths=widths, depths=sorted({int(r["n_layer"]) for r in runs if r["n_layer"]}),
                        sources=[str(r["source"]) for r in runs], n_layer=depth, fits=fits)
 
 
-def fit_table(fit: TransferFit, dst_fans: Mapping[str, int], dst_layers: int | None) -> dict[str, tuple[float, str]]:
-    """V(W) predicted at the target's fans on the fit's layers, then mapped to ``dst_layers`` by relative depth."""
+def fit_table(fit: TransferFit, dst_fans: Mapping[str, int], dst_layers: int | None, dst_width: int | None = None
+              ) -> dict[str, tuple[float, str]]:
+    """V(W) predicted at the target's fans (embeddings: its width ``dst_width``) on the fit's layers, then mapped to
+    ``dst_layers`` by relative depth. A key the target lacks (or an embedding without ``dst_width``) is left out."""
     dst = role_fans(dst_fans)
-    predicted, alphas = {}, {}
+    predicted, alphas, versus = {}, {}, {}
     for key, f in fit.fits.items():
         role = parse_layer_key(key)[1]
-        if role in dst:
-            predicted[key], alphas[key] = f.predict(dst[role]), f.alpha
+        x = dst_width if f.variable == "width" else dst.get(role)
+        if role in dst and x:
+            predicted[key], alphas[key] = f.predict(x), f.alpha
+            versus[key] = " vs width" if f.variable == "width" else ""
     widths = ",".join(map(str, fit.widths))
     alpha_at = _depth_map(alphas, fit.n_layer, dst_layers)  # the exponent used, interpolated like V(W)
-    return {key: (v, _join(f"fit alpha={alpha_at[key][0]:.3g} over widths {widths}", where))
+    return {key: (v, _join(f"fit alpha={alpha_at[key][0]:.3g}{versus.get(key, '')} over widths {widths}", where))
             for key, (v, where) in _depth_map(predicted, fit.n_layer, dst_layers).items()}
 
 

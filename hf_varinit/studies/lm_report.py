@@ -83,7 +83,8 @@ def pilot_cost(spec: str) -> dict[str, Any]:
     A report of one training run costs that run's tokens (its metadata: final_step x sequences_per_step x
     block_size); a report of several runs (``hf-varinit report RUN_A RUN_B``) costs the sum over the source runs it
     lists, read from their statistics (unknown when one cannot be read); a report of one set of weights
-    (``report --from-model``) keeps no training cost: unknown.
+    (``report --from-model``) costs the tokens its checkpoint says it was trained on (``hf-varinit pretrain`` writes
+    them into ``final/config.json``), else unknown.
 
     Returns:
         `dict`: ``report`` (the source or None), ``tokens`` (int or None) and ``note`` (what the tokens mean).
@@ -95,7 +96,11 @@ def pilot_cost(spec: str) -> dict[str, Any]:
     if not isinstance(source, str):
         return {"report": None, "tokens": 0, "note": "no pilot"}
     report = VarianceReport.load(source)
+    metadata = {**(report.stats.metadata if report.stats is not None else {}), **report.metadata}
     if report.is_snapshot:
+        tokens = metadata.get("train_tokens")
+        if isinstance(tokens, int) and not isinstance(tokens, bool):
+            return {"report": source, "tokens": tokens, "note": "the final weights of one training run"}
         return {"report": source, "tokens": None, "note": "from final weights: training cost unknown"}
     sources = getattr(getattr(report, "transfer", None), "sources", None)
     if sources:
@@ -103,7 +108,6 @@ def pilot_cost(spec: str) -> dict[str, Any]:
         total = None if any(c is None for c in costs) else int(sum(costs))
         return {"report": source, "tokens": total,
                 "note": f"{len(sources)} source runs" + ("" if total is not None else ", not all readable")}
-    metadata = {**(report.stats.metadata if report.stats is not None else {}), **report.metadata}
     tokens = run_tokens(metadata)
     return {"report": source, "tokens": tokens, "note": "one source run" if tokens is not None else "unknown"}
 
@@ -358,7 +362,8 @@ mean and 95 % t-interval over the seeds that reached it (runs that never did are
 Δ: the arm minus the first arm, Welch's t-test (unequal variances), 95 % interval of the difference, two-sided p.
 Paired by seed: every arm of a seed shares its data order, so the per-seed differences are tested (paired t-test).
 Tokens: a run's training tokens; pilot: the tokens of the run(s) that made the report the rule reads (paid once;
-"unknown" for a report of final weights); run + pilot: the compute-fair total.
+for a report of final weights, the tokens that trained them, "unknown" when the checkpoint does not say); run +
+pilot: the compute-fair total.
 Eval steps reported: {', '.join(map(str, horizons)) or 'none in common'}.
 
 {table}

@@ -248,7 +248,9 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
     if main:
         recorder.save(output_dir, {**metadata, "final_step": state.step, "eval_loss": finite_or_none(evaluation[0]),
                                    "tokens": state.tokens, "compile_s": compile_s})
-        save_final(extract_model_from_parallel(model), data.tokenizer, final_dir, weights)
+        unwrapped = extract_model_from_parallel(model)
+        unwrapped.config.varinit_train_tokens = state.tokens  # the weights' training cost, for a report of them
+        save_final(unwrapped, data.tokenizer, final_dir, weights)
     accelerator.wait_for_everyone()
     result = TrainResult(output_dir, output_dir / STATS, metrics.path, final_dir, state.step, state.tokens,
                          *evaluation, state.nonfinite_skips, time.perf_counter() - t0, resumed, compile_s=compile_s)
