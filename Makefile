@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install clean
 
-$(STAMP): pyproject.toml constraints.txt
+# the library with its development tools, and the lab (experiments/: the MLP reproductions, hf-varinit sweep, ...)
+$(STAMP): pyproject.toml experiments/pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; run 'make PYTHON=python3 ...'"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,experiments]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]" -e ./experiments
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -24,19 +24,18 @@ _LAZY = {
     "VarianceCallback": "hf_varinit.record.callback",
     "VarianceRecorder": "hf_varinit.record.recorder",
     **dict.fromkeys(("load_stats", "save_stats"), "hf_varinit.record.stats_file"),
-    "from_report": "hf_varinit.report.optimal",
+    "OptimalRule": "hf_varinit.init.optimal",
+    "VarianceTable": "hf_varinit.init.table",
+    "from_report": "hf_varinit.report.next_model",
     "VarianceReport": "hf_varinit.report.report",
-    **dict.fromkeys(("AnalysisOptions", "analyze"), "hf_varinit.report.steady_state"),
+    "AnalysisOptions": "hf_varinit.report.options",
+    "analyze": "hf_varinit.report.steady_state",
 }
-# imported before any public name is handed out: they register the MLP with the Auto classes and the optimal rule
-_REGISTERS = ("hf_varinit.models", "hf_varinit.report.optimal")
 
 
 def __getattr__(name: str) -> Any:
     """Load a public name (or a subpackage, ``hv.arch``) on first access; later accesses find it in the module."""
     if name in _LAZY:
-        for module in _REGISTERS:
-            importlib.import_module(module)
         value = getattr(importlib.import_module(_LAZY[name]), name)
     elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
         value = importlib.import_module(f"{__name__}.{name}")
@@ -51,15 +50,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the names __getattr__ loads
+    from hf_varinit.init.optimal import OptimalRule
     from hf_varinit.init.patch import apply_init, from_config, init_plan, patched_init
     from hf_varinit.init.roles import get_roles
     from hf_varinit.init.rules import Init, InitRule, get_rule, list_rules, register_rule
+    from hf_varinit.init.table import VarianceTable
     from hf_varinit.record.callback import VarianceCallback
     from hf_varinit.record.recorder import VarianceRecorder
     from hf_varinit.record.stats_file import load_stats, save_stats
-    from hf_varinit.report.optimal import from_report  # (importing it registers the optimal rule)
+    from hf_varinit.report.next_model import from_report
+    from hf_varinit.report.options import AnalysisOptions
     from hf_varinit.report.report import VarianceReport
-    from hf_varinit.report.steady_state import AnalysisOptions, analyze
+    from hf_varinit.report.steady_state import analyze
 
 __version__ = version("hf_varinit")
 
@@ -70,12 +72,14 @@ __all__ = [
     "HFVarInitError",
     "Init",
     "InitRule",
+    "OptimalRule",
     "ReportError",
     "RuleError",
     "StatsError",
     "VarianceCallback",
     "VarianceRecorder",
     "VarianceReport",
+    "VarianceTable",
     "analyze",
     "apply_init",
     "from_config",

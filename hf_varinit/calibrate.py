@@ -11,13 +11,13 @@ initial rule's variance as the statistics record it). Calibration stops once ``m
 (converged) or after ``rounds`` pilots (not converged). The result's ``variances`` are the last pilot's V(W).
 
 Model-agnostic: ``build_model(rule) -> model`` and ``pilot(model) -> VarianceStats`` can be any pair. Pilots are
-registered by name (`register_pilot_factory`, `calibrate_pilot`): the GPT-2 / Llama pilot is
-`hf_varinit.train.pilot`; the MLP pilot (``calibrate_mlp``) is `hf_varinit.studies.calibrate_mlp`, which
-registers itself as ``mlp`` when imported.
+looked up by name (`pilot_factory`, `calibrate_pilot`): the GPT-2 / Llama pilot is `hf_varinit.train.pilot`; more
+come from `register_pilot_factory` or, resolved on lookup, from the ``hf_varinit.pilots`` entry points
+(`hf_varinit.plugins`): the lab's MLP pilot is ``mlp`` (``pip install -e experiments/``).
 
 Example:
-    >>> result = calibrate_mlp("digits", depth=3, width=64, steps=400, rounds=4, output="runs/mlp-cal")
-    >>> model = hf_varinit.from_config(cfg, rule=result.rule())  # or rule="optimal:report=runs/mlp-cal"
+    >>> result = calibrate_pilot("gpt2", settings, rounds=3, output="runs/gpt2-cal")  # settings.config: a YAML
+    >>> model = hf_varinit.from_config(cfg, rule=result.rule())  # or rule="optimal:report=runs/gpt2-cal"
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -33,18 +32,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_varinit.errors import ConfigError, NonFiniteLossError, ReportError
+from hf_varinit.errors import ConfigError, NonFiniteLossError
 from hf_varinit.init.patch import init_plan
 from hf_varinit.init.roles import tracked_shapes
-from hf_varinit.io_utils import atomic_write_json, atomic_write_text, commit_folder, json_safe, staging_folder
-from hf_varinit.report import optimal  # noqa: F401  (registers the optimal rule that every round after the first uses)
+from hf_varinit.io_utils import atomic_write_json, atomic_write_text, check_overwrite, json_safe, write_folder
+from hf_varinit.plugins import PILOTS, entry_names, lab_missing, load_entry
+from hf_varinit.report.options import AnalysisOptions
 from hf_varinit.report.report import VarianceReport
-from hf_varinit.report.steady_state import AnalysisOptions, analyze
+from hf_varinit.report.steady_state import analyze
 from hf_varinit.report.tables import markdown_table
 from hf_varinit.train.pilot import lm_pilot_factory
 
 __all__ = ["PILOT_FACTORIES", "CalibrationResult", "PilotFactory", "calibrate", "calibrate_pilot",
-           "check_output", "register_pilot_factory", "scaled_rule", "start_table"]
+           "pilot_factory", "register_pilot_factory", "scaled_rule", "start_table"]
 
 # settings -> (build_model(rule) -> model, pilot(model) -> VarianceStats, metadata for the card)
 PilotFactory = Callable[[Any], tuple[Callable[[Any], Any], Callable[[Any], Any], dict]]
@@ -81,40 +81,38 @@ class CalibrationResult:
                 for h in self.history]
 
     def save(self, folder: str | Path, *, title: str | None = None, command: str | None = None,
-             overwrite: bool = False) -> Path:
+             overwrite: bool = False, reference: str | None = None) -> Path:
         """Write the last pilot's `VarianceReport` to ``folder`` plus ``convergence.csv`` / ``convergence.md``,
         ``calibration.json``, and a calibration section in the card.
 
         The folder is written whole into a staging folder next to it and then renamed into place: a failure leaves
-        neither a partial folder nor a temporary one.
+        neither a partial folder nor a temporary one (`hf_varinit.io_utils.write_folder`).
+
+        ``reference`` is where the card says the report lives (default: ``folder``); a caller that writes into a
+        staging folder passes the final one.
 
         Raises:
-            ReportError: ``folder`` exists and ``overwrite`` is False.
+            ReportError: ``folder`` exists, is not empty and ``overwrite`` is False.
         """
-        dest = Path(folder)
-        check_output(dest, overwrite)
         title = title or "Calibrated optimal init: s0² = V(W) at its fixed point"
         rows = self.convergence_rows()
         table = _convergence_table(rows)
         report = VarianceReport.from_stats(self.final_stats, self.options, title=title)
-        staging = staging_folder(dest)
-        try:
-            inner = report.save(staging / dest.name, reference=str(dest),
-                                extra_sections=[_card_section(self, table, command)])
+
+        def write(tmp: Path) -> None:  # the staging folder: empty, so the report may be saved into it
+            report.save(tmp, reference=reference or str(folder), extra_sections=[_card_section(self, table, command)])
             csv = "round,max_rel_change,worst_key,all_stationary,rule\n" + "".join(
                 f"{r['round']},{r['max_rel_change']:.6g},{r['worst_key']},{r['all_stationary']},\"{r['rule']}\"\n"
                 for r in rows)
-            atomic_write_text(inner / "convergence.csv", csv)
-            atomic_write_text(inner / "convergence.md", f"# Calibration convergence\n\n{table}\n\n{self._verdict()}\n")
-            atomic_write_json(inner / "calibration.json", json_safe({
+            atomic_write_text(tmp / "convergence.csv", csv)
+            atomic_write_text(tmp / "convergence.md", f"# Calibration convergence\n\n{table}\n\n{self._verdict()}\n")
+            atomic_write_json(tmp / "calibration.json", json_safe({
                 "converged": self.converged, "tol": self.tol, "rounds": len(self.history),
                 "variances": self.variances, "history": self.history, "options": dataclasses.asdict(self.options),
                 "metadata": self.metadata, "command": command,
             }))
-            commit_folder(inner, dest)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return dest
+
+        return write_folder(folder, {"": write}, overwrite=overwrite)
 
     def _verdict(self) -> str:
         last = self.history[-1]
@@ -124,20 +122,6 @@ class CalibrationResult:
         return (f"**Not converged** after {len(self.history)} pilot run(s): max relative change "
                 f"{last['max_rel_change']:.3g} >= tol {self.tol:g} (worst: `{last['worst_key']}`). The variances "
                 "are the last pilot's V(W); run more rounds or a longer pilot.")
-
-
-def check_output(folder: str | Path, overwrite: bool) -> None:
-    """Refuse to replace an existing report folder unless ``overwrite``: committed evidence is never lost by accident.
-
-    Raises:
-        ReportError: ``folder`` exists and ``overwrite`` is False (or it is a file).
-    """
-    dest = Path(folder)
-    if dest.exists() and not dest.is_dir():
-        raise ReportError(f"{dest} exists and is not a folder; choose a folder for the report (--output)")
-    if dest.exists() and not overwrite:
-        raise ReportError(f"report folder {dest} exists; pass --overwrite (overwrite=True) to replace it, "
-                          "or choose another --output")
 
 
 def _convergence_table(rows: list[dict]) -> str:
@@ -287,12 +271,16 @@ PILOT_FACTORIES: dict[str, PilotFactory] = {"gpt2": _language_model_pilot, "llam
 def register_pilot_factory(name: str, factory: PilotFactory, *, overwrite: bool = False) -> None:
     """Plug a model into `calibrate_pilot` and ``hf-varinit calibrate --model <name>``.
 
+    A distribution can plug one in without being imported: an ``hf_varinit.pilots`` entry point ``name =
+    "module:factory"`` (`hf_varinit.plugins`), which `pilot_factory` resolves on lookup.
+
     Args:
         name (`str`): the pilot's name (``--model``).
         factory (`PilotFactory`): ``factory(settings) -> (build_model, pilot, metadata)``, where ``settings`` holds
             the pilot's settings as attributes (the parsed command line: ``settings.config`` is ``--config``, e.g.
             a GPT-2 YAML). ``build_model(rule)`` builds a fresh model with that init rule and ``pilot(model)``
-            trains it and returns its `VarianceStats`; ``metadata`` goes into the card.
+            trains it and returns its `VarianceStats`; ``metadata`` goes into the card. For the command line a
+            factory may also carry ``settings_class`` and more (see `hf_varinit.cli.calibrate`).
         overwrite (`bool`): replace a pilot of the same name.
 
     Raises:
@@ -303,8 +291,24 @@ def register_pilot_factory(name: str, factory: PilotFactory, *, overwrite: bool 
     PILOT_FACTORIES[name] = factory
 
 
+def pilot_factory(name: str) -> PilotFactory:
+    """The pilot factory ``name``: a built-in or registered one (`PILOT_FACTORIES`), else the ``hf_varinit.pilots``
+    entry point of that name (its module imported now).
+
+    Raises:
+        ConfigError: no pilot of that name; the message lists those there are (and says where the lab's live).
+    """
+    factory = PILOT_FACTORIES.get(name) or load_entry(PILOTS, name)
+    if factory is None:
+        available = sorted({*PILOT_FACTORIES, *entry_names(PILOTS)})
+        raise ConfigError(lab_missing(PILOTS, name, f"calibrate --model {name}") or
+                          f"calibrate: --model {name!r} has no pilot; available: {available} (register one with "
+                          "hf_varinit.calibrate.register_pilot_factory)")
+    return factory
+
+
 def calibrate_pilot(
-    model: str,
+    model: str | PilotFactory,
     settings: Any,
     *,
     rounds: int = 4,
@@ -321,8 +325,8 @@ def calibrate_pilot(
     """`calibrate` with the pilot registered as ``model``; writes the report folder ``output`` if given.
 
     Args:
-        model (`str`): a name of `PILOT_FACTORIES` (``gpt2``, ``llama``; ``mlp`` once
-            `hf_varinit.studies.calibrate_mlp` is imported; more with `register_pilot_factory`).
+        model (`str` or `PilotFactory`): a pilot's name (`pilot_factory`): ``gpt2``, ``llama``, ``mlp`` with the
+            lab installed, or one of `register_pilot_factory`; or the factory itself.
         settings (`Any`): the pilot's settings as attributes, passed to its factory.
         rounds, tol, initial_rule, start_scale, options, log: as for `calibrate`.
         output (`str` or `Path`, *optional*): the report folder; title and command go into its card.
@@ -333,14 +337,11 @@ def calibrate_pilot(
 
     Raises:
         ConfigError: no pilot is registered as ``model``.
-        ReportError: ``output`` exists and ``overwrite`` is False (checked before any pilot runs).
+        ReportError: ``output`` exists, is not empty and ``overwrite`` is False (checked before any pilot runs).
     """
     if output:
-        check_output(output, overwrite)
-    if model not in PILOT_FACTORIES:
-        raise ConfigError(f"calibrate: --model {model!r} has no pilot; available: {sorted(PILOT_FACTORIES)} "
-                          "(register one with hf_varinit.calibrate.register_pilot_factory)")
-    build_model, pilot, metadata = PILOT_FACTORIES[model](settings)
+        check_overwrite(output, overwrite)
+    build_model, pilot, metadata = (pilot_factory(model) if isinstance(model, str) else model)(settings)
     t0 = time.perf_counter()
     result = calibrate(build_model, pilot, rounds=rounds, tol=tol, initial_rule=initial_rule,
                        start_scale=start_scale, options=options, log=log)

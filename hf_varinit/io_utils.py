@@ -1,4 +1,5 @@
-"""The one atomic writer, for files and folders: a reader sees the old content or the whole new one, never a part.
+"""The one atomic writer, for files and folders, and the one overwrite rule: a reader sees the old content or the
+whole new one, never a part, and an existing folder is replaced only on request.
 
 Every writer goes through a temporary file (or folder) in the destination's own directory, so ``os.replace``
 is a rename on one file system; the content is fsynced before it replaces the destination.
@@ -8,6 +9,7 @@ Example:
     ...     tmp.write_bytes(b"...")
     >>> with atomic_folder("out/report") as tmp:  # doctest: +SKIP
     ...     (tmp / "README.md").write_text("...")
+    >>> write_folder("out/study", {"README.md": lambda p: p.write_text("...")}, overwrite=False)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hf_varinit.errors import HFVarInitError, shown
+from hf_varinit.errors import HFVarInitError, ReportError, shown
 
 __all__ = [
     "JsonChecker", "atomic_folder", "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json",
-    "atomic_write_text", "blocking_file", "commit_folder", "current_umask", "json_safe", "staging_folder",
+    "atomic_write_text", "blocking_file", "check_overwrite", "commit_folder", "current_umask", "json_safe",
+    "staging_folder", "write_folder",
 ]
 
 
@@ -269,3 +272,81 @@ def atomic_folder(dest: str | os.PathLike[str], *, merge: bool = False,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_overwrite(dest: str | os.PathLike[str], overwrite: bool, *,
+                    error: type[HFVarInitError] = ReportError) -> Path:
+    """The one overwrite rule of the folders the library writes (reports of runs, studies, calibrations); returns
+    ``dest`` as a `Path`.
+
+    An absent folder or an existing empty one (as ``save_pretrained`` accepts) may be written; an existing folder
+    with files in it only with ``overwrite=True`` (it is then replaced whole). A file at ``dest``, or a file where
+    one of its parent folders belongs, is always refused. Call it before the work, not after it.
+
+    Args:
+        dest (`str` or `os.PathLike`): the folder about to be written.
+        overwrite (`bool`): replace an existing, non-empty ``dest``.
+        error (`type[HFVarInitError]`): the error raised (default `ReportError`).
+
+    Raises:
+        error: ``dest`` is not a path, is a file, lies under a file, or is a non-empty folder and ``overwrite`` is
+            False; the message names the path and the fix.
+
+    Example:
+        >>> check_overwrite("runs/report", overwrite=False)  # doctest: +SKIP
+        PosixPath('runs/report')
+    """
+    if not isinstance(dest, (str, os.PathLike)):
+        raise error(f"folder={shown(dest)} is not a path; give the folder as a str or Path")
+    path = Path(dest)
+    if path.exists() and not path.is_dir():
+        raise error(f"{path} exists and is not a folder; choose a folder path (or remove the file)")
+    if not path.exists() and (blocker := blocking_file(path)) is not None:
+        raise error(f"cannot write the report folder {path}: {blocker} is a file, so no folder can be made inside "
+                    "it; choose a path under a folder")
+    if path.is_dir() and not overwrite and any(path.iterdir()):
+        raise error(f"{path} already exists; pass --overwrite (overwrite=True in Python) to replace it whole, "
+                    "or choose another folder")
+    return path
+
+
+def write_folder(dest: str | os.PathLike[str], writers: dict[str, Callable[[Path], None]], *,
+                 overwrite: bool = False, error: type[HFVarInitError] = ReportError) -> Path:
+    """Write a folder whole: every ``writers[name](path)`` writes one file (or sub-folder) into a staging folder,
+    which then becomes ``dest`` (`atomic_folder`). If a writer raises, ``dest`` is untouched, nothing is left
+    behind and the writer's exception propagates as it is. `check_overwrite` decides whether ``dest`` may be written.
+
+    Args:
+        dest (`str` or `os.PathLike`): the folder.
+        writers (`dict[str, Callable[[Path], None]]`): name (relative to ``dest``) -> its writer, called with the
+            path to write. The name ``""`` hands the writer the staging folder itself (a writer of many files).
+        overwrite (`bool`): replace an existing, non-empty ``dest`` (all of it: none of its old files stay).
+        error (`type[HFVarInitError]`): the error raised for a refused ``dest``, or when the staging folder cannot
+            be made or put in place (default `ReportError`).
+
+    Returns:
+        `Path`: ``dest``.
+
+    Raises:
+        error: ``dest`` is refused by `check_overwrite` (nothing is written), or the file system refused the staging
+            folder or its rename (no permission, a full disk...; the staging folder is removed).
+
+    Example:
+        >>> write_folder("out/study", {"README.md": lambda p: p.write_text("# Study")})  # doctest: +SKIP
+        PosixPath('out/study')
+    """
+    path = check_overwrite(dest, overwrite, error=error)
+    in_writer = False
+    try:
+        with atomic_folder(path) as tmp:
+            for name, writer in writers.items():
+                target = tmp / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                in_writer = True
+                writer(target)
+                in_writer = False
+    except OSError as exc:
+        if in_writer:
+            raise
+        raise error(f"cannot write the report folder {path}: {exc.strerror or exc}") from exc
+    return path

@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from hf_varinit import from_config  # noqa: E402
+from hf_varinit.cli.pretrain import parse_options  # noqa: E402
 from hf_varinit.train.build import build_model_config, load_data  # noqa: E402
 from hf_varinit.train.loop import run_pretrain  # noqa: E402
-from hf_varinit.train.options import parse_options  # noqa: E402
 
 SIDES = ("ours", "trainer")
 

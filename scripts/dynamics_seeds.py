@@ -1,15 +1,17 @@
 """The pre-registered depth statistic and the schedule-aware stationarity of several seeds, with 95 % CIs.
 
-Usage:
+Usage (the lab installed: ``pip install -e experiments/``):
     python scripts/dynamics_seeds.py runs/lm-study/compare/runs/gpt2/seed* runs/lm-study/constant/seed* \\
         --output runs/dynamics-seeds/lm-study [--overwrite]
 
 Each RUN is an ``hf-varinit pretrain`` run folder (read only once its ``final/`` exists: a run still training is
-skipped, and said so) or a ``variance.safetensors`` file. Runs are grouped by their schedule (metadata
-``lr_schedule``, absent = cosine) and ``max_steps``; each group should hold seeds of one config.
+skipped, and said so) or a ``variance.safetensors`` file. Runs are grouped by the lr schedule and ``max_steps`` of
+their recipe (`hf_varinit.record.recipe.RunRecipe`; a record whose schedule is unknown goes to
+``unknown-schedule``); each group should hold seeds of one config.
 
-Per seed (definitions in `hf_varinit.report.dynamics` and `hf_varinit.report.steady_state`): ``rho_settle``
-(Spearman rho of layer index vs the Q/K/V settle step, amplitude-normalised, median over a layer's q, k, v),
+Per seed (definitions in the lab's `hf_varinit_lab.dynamics_trends` and in `hf_varinit.report.steady_state`):
+``rho_settle`` (Spearman rho of layer index vs the Q/K/V settle step, amplitude-normalised, median over a layer's
+q, k, v),
 ``rho_early_growth`` (layer index vs var(t_e)/var(0) - 1 at 10 % of training), their p-values, the trailing
 window's share of the lr budget, its mean lr as a fraction of the peak, and how many Q/K/V tensors the
 schedule-aware test calls stationary. Per group: the mean over seeds and a 95 % **t-interval**
@@ -33,15 +35,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hf_varinit.arch import layer_key
+from hf_varinit.arch.keys import layer_key
 from hf_varinit.errors import ConfigError
 from hf_varinit.io_utils import atomic_folder
 from hf_varinit.record.stats_file import STATS_FILENAME, VarianceStats, load_stats
-from hf_varinit.report.dynamics import ALPHA, QKV, depth_statistic
 from hf_varinit.report.plots import plot_seed_bands
-from hf_varinit.report.steady_state import analyze, cumulative_lr, record_schedule
+from hf_varinit.report.steady_state import analyze, cumulative_lr, known_schedule
 from hf_varinit.report.tables import markdown_table
-from hf_varinit.studies.paired import t_interval
+from hf_varinit.train.study_stats import t_interval
+from hf_varinit_lab.dynamics_trends import ALPHA, QKV, depth_statistic
 
 STATISTICS = {"rho_settle": ("deep layers settle later", 1),
               "rho_early_growth": ("shallow layers expand faster early", -1)}
@@ -65,10 +67,10 @@ def find_records(paths: list[str]) -> tuple[list[VarianceStats], list[str]]:
 
 
 def group_name(stats: VarianceStats) -> str:
-    schedule = record_schedule(stats.metadata)
-    if schedule is None:
+    recipe = stats.recipe
+    if not known_schedule(recipe):
         return "unknown-schedule"
-    return f"{schedule['lr_schedule']}-{schedule['max_steps']}"
+    return f"{recipe.lr_schedule}-{recipe.max_steps}"
 
 
 def check_groups(records: list[VarianceStats]) -> None:
@@ -137,7 +139,7 @@ def curves(records: list[VarianceStats], against: str) -> dict[str, list[tuple[n
     chosen = sorted({layers[0], layers[len(layers) // 2], layers[-1]}) if layers else []
     out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for stats in records:
-        x = stats.step if against == "step" else cumulative_lr(stats.metadata, stats.step)
+        x = stats.step if against == "step" else cumulative_lr(stats.recipe, stats.step)
         if x is None:
             continue
         for layer in chosen:
@@ -155,9 +157,9 @@ def readme(rows: pd.DataFrame, summary: pd.DataFrame, skipped: list[str], plots:
     lines = [
         "# Depth statistic and schedule-aware stationarity across seeds", "",
         "Regenerate with:", "", "```bash", "python " + " ".join(shlex.quote(a) for a in sys.argv), "```", "",
-        "Pre-registered statistic (definitions in `hf_varinit.report.dynamics`): Q/K/V only; a tensor's settle step "
-        "is the first step after which |var(t) − var(T)| ≤ 0.1 · |var(T) − var(0)| through the end; a layer's value "
-        "is the median over its q, k, v; `rho_settle` = Spearman rho(layer index, settle step) (> 0: deep layers "
+        "Pre-registered statistic (definitions in `hf_varinit_lab.dynamics_trends`): Q/K/V only; a tensor's settle "
+        "step is the first step after which |var(t) − var(T)| ≤ 0.1 · |var(T) − var(0)| through the end; a layer's "
+        "value is the median over its q, k, v; `rho_settle` = Spearman rho(layer index, settle step) (> 0: deep layers "
         "settle later); `rho_early_growth` = Spearman rho(layer index, var(t_e)/var(0) − 1 at 10 % of training) "
         "(< 0: shallow layers expand faster early). 95 % CI: Student t-interval over seeds (mean ± t(0.975, n−1) · "
         f"sd/√n). Per-seed p-values are each seed's Spearman test (α = {ALPHA:g}); the verdicts use the CI.", "",

@@ -31,9 +31,12 @@ import pandas as pd
 import torch
 
 import hf_varinit as hv
-from hf_varinit.arch import hidden_size, parse_layer_key
+from hf_varinit.arch.config import hidden_size
+from hf_varinit.arch.keys import parse_layer_key
+from hf_varinit.init.optimal import OptimalRule
 from hf_varinit.io_utils import atomic_folder
-from hf_varinit.report.optimal import OptimalRule, combine_reports, report_config
+from hf_varinit.report.multi_run import combine_reports
+from hf_varinit.report.next_model import report_config
 from hf_varinit.report.report import VarianceReport
 
 ROLE_ORDER = ("q", "k", "v", "attn_out", "mlp_gate", "mlp_in", "mlp_out", "embedding", "position", "head")

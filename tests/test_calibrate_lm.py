@@ -11,6 +11,7 @@ from hf_varinit.cli.main import main
 TEST_CONFIG = str(Path(__file__).resolve().parents[1] / "hf_varinit" / "configs" / "gpt2-tiny-test.yaml")
 
 
+@pytest.mark.slow
 def test_gpt2_calibration_writes_a_report_the_optimal_rule_reads(tmp_path):
     out = tmp_path / "calibrated"
     assert main(["calibrate", "--config", TEST_CONFIG, "--steps", "20", "--record-every", "2", "--rounds", "2",

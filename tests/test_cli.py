@@ -60,6 +60,7 @@ def test_bad_input_is_one_line_and_exit_code_1(capsys, argv, message):
     assert message in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_python_m_hf_varinit_runs_plan():
     proc = _python_m("plan", "--model", "gpt2", "--n-layer", "2", "--n-embd", "64", "--rule", "kaiming",
                      "--format", "json")
@@ -70,6 +71,7 @@ def test_python_m_hf_varinit_runs_plan():
     assert q["std"] == pytest.approx((2 / 64) ** 0.5)
 
 
+@pytest.mark.slow
 def test_python_m_hf_varinit_prints_one_error_line_and_exits_1():
     proc = _python_m("plan", "--rule", "bogus")
     assert proc.returncode == 1
@@ -119,7 +121,7 @@ def test_plan_report_takes_the_architecture_and_the_rule_from_the_report(tmp_pat
 
 @pytest.mark.parametrize("extra, message", [
     (["--model", "gpt2"], "--model gpt2 and --report"),
-    (["--n-layer", "6"], "--n-layer do(es) not apply with --report"),
+    (["--input-size", "6"], "--input-size do(es) not apply with --report"),
 ])
 def test_plan_report_refuses_a_second_architecture(tmp_path, capsys, extra, message):
     assert main(["plan", "--report", str(_report(tmp_path)), *extra]) == 1

@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_varinit.cli.pretrain import parse_options
 from hf_varinit.record.stats_file import load_stats
 from hf_varinit.train.build import COMPILE_BACKEND_ENV
 from hf_varinit.train.loop import run_pretrain
-from hf_varinit.train.options import parse_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = str(ROOT / "hf_varinit" / "configs" / "gpt2-tiny-test.yaml")
@@ -25,6 +25,7 @@ RUN = ["--max-steps", "3", "--record-every", "1", "--checkpoint-every", "none", 
        "--disable-tqdm"]
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit, imported by torch.compile
 def test_compiled_run_records_the_same_statistics_and_reports_compile_time(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(COMPILE_BACKEND_ENV, "aot_eager")

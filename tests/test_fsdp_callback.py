@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0)
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo")
 def test_callback_on_fsdp2_two_processes_records_on_every_rank_and_writes_once(tmp_path):

@@ -19,11 +19,11 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from hf_varinit.cli.pretrain import parse_options
 from hf_varinit.errors import ConfigError
 from hf_varinit.record.stats_file import load_stats
 from hf_varinit.train.build import FULLY_SHARD_ENV
 from hf_varinit.train.loop import run_pretrain
-from hf_varinit.train.options import parse_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = str(ROOT / "hf_varinit" / "configs" / "gpt2-tiny-test.yaml")
@@ -60,6 +60,7 @@ def qkv(weights: dict[str, torch.Tensor], layer: int) -> dict[str, tuple[float, 
             enumerate("qkv")}
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @gloo
 def test_fsdp2_two_processes_match_one_process(tmp_path, cache_dir, fsdp_run):
@@ -84,6 +85,7 @@ def test_fsdp2_two_processes_match_one_process(tmp_path, cache_dir, fsdp_run):
     assert not list(fsdp_run.glob("**/variance.safetensors.*"))  # no stray second writer
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 @gloo
 def test_fsdp2_resume_from_a_sharded_checkpoint_is_bit_identical(tmp_path, cache_dir, fsdp_run):

@@ -121,6 +121,7 @@ def plan_argv(draw, root):
     return argv
 
 
+@pytest.mark.slow
 @settings(max_examples=600, **FUZZ)
 @given(st.data())
 def test_plan_with_hostile_arguments_plans_or_exits_1(inputs, tmp_path, data):
@@ -162,6 +163,7 @@ def test_report_with_a_bad_input_exits_1_and_writes_nothing(inputs, tmp_path, da
 CONFIG_SWAPS = ["abc", "128px", 0, -1, [4], None, 1e308, float("inf"), True, {}]
 
 
+@pytest.mark.slow
 @settings(max_examples=120, **FUZZ)
 @given(st.data())
 def test_report_from_a_corrupt_model_exits_1_and_writes_nothing(inputs, tmp_path, data):
@@ -239,6 +241,7 @@ def _rejected(spec):
     return False
 
 
+@pytest.mark.slow
 @settings(max_examples=30, **FUZZ)
 @given(st.text(max_size=30).filter(lambda s: "\x00" not in s))
 def test_pretrain_with_a_bad_init_spec_exits_1(tmp_path, spec):
@@ -255,6 +258,7 @@ def _subprocess(argv, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["plan_non_integer_width", "report_from_corrupt_model"])
 def test_real_process_prints_one_error_line_and_exits_1(inputs, tmp_path, case):
     corrupt = tmp_path / "corrupt"

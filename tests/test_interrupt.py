@@ -22,11 +22,11 @@ import torch
 from safetensors.torch import load_file
 
 import hf_varinit.train.loop as loop
+from hf_varinit.cli.pretrain import parse_options
 from hf_varinit.record.stats_file import load_stats
 from hf_varinit.train.checkpoint import complete_checkpoints, is_complete
 from hf_varinit.train.interrupt import StopSignals, continue_command, invoked_command
 from hf_varinit.train.loop import run_pretrain
-from hf_varinit.train.options import parse_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = str(ROOT / "hf_varinit" / "configs" / "gpt2-tiny-test.yaml")
@@ -90,6 +90,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_names_the_continue_command(tm
     assert "stopped at step 3; continue with: hf-varinit pretrain --config x --resume\n" in out
 
 
+@pytest.mark.slow
 def test_resuming_a_stopped_run_ends_bit_identical(tmp_path, cache_dir, monkeypatch, uninterrupted, capsys):
     signal_during_step(monkeypatch, signal.SIGINT, 7)  # past the checkpoint at step 5: a new one at 7
     stopped = pretrain(tmp_path, cache_dir)
@@ -204,6 +205,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes through /proc")
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, cache_dir):

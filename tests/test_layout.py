@@ -1,7 +1,7 @@
 """The package layout is the data flow (DESIGN.md): each stage imports only the stages above it.
 
 An AST walk over ``hf_varinit/``: no import cycles, no upward imports, nothing imports ``cli/``, no
-function-level imports of the package's own modules outside ``cli/``, architecture names only in ``arch.py`` and
+function-level imports of the package's own modules outside ``cli/``, architecture names only in ``arch/`` and
 ``init/roles.py``, and no module much over 400 lines.
 """
 
@@ -15,8 +15,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_varinit"
 
 # The stages, top to bottom: a module may import its own stage and the ones before it, never one after it.
-STAGES = ["errors", "io_utils", "reference_reports", "models", "arch", "init", "record", "report", "train", "calibrate",
-          "studies", "cli"]
+STAGES = ["errors", "plugins", "io_utils", "reference_reports", "arch", "init", "record", "report", "train",
+          "calibrate", "cli"]
 ENTRY_POINTS = {"hf_varinit", "hf_varinit.__main__"}  # the public API and `python -m hf_varinit` sit on top
 
 # Attribute and key names that only the architecture table may know.
@@ -27,7 +27,8 @@ ARCH_NAMES = {
 }
 # GPT-2 config attributes that are also this project's option names (--n-embd): forbidden on configs only.
 CONFIG_ONLY_NAMES = {"n_embd", "n_layer", "n_head", "n_positions", "n_inner"}
-ARCH_MODULES = {"hf_varinit.arch", "hf_varinit.init.roles", "hf_varinit.models.mlp"}  # a model names its own parts
+ARCH_MODULES = {"hf_varinit.arch", "hf_varinit.arch.table", "hf_varinit.arch.config", "hf_varinit.arch.builder",
+                "hf_varinit.arch.keys", "hf_varinit.init.roles"}
 MAX_LINES = 420
 
 
@@ -165,7 +166,7 @@ def test_architecture_names_live_in_the_architecture_table(module):
                 found.append(f"line {node.lineno}: {ast.unparse(node)}")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in ARCH_NAMES:
             found.append(f"line {node.lineno}: {node.value!r}")
-    assert not found, f"{module} names architecture attributes (move them to hf_varinit/arch.py): {found}"
+    assert not found, f"{module} names architecture attributes (move them to hf_varinit/arch/): {found}"
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -177,8 +178,24 @@ def test_modules_read_in_one_sitting(module):
 def test_the_layout_of_design_md_exists():
     for stage_name in STAGES:
         assert (PACKAGE / f"{stage_name}.py").is_file() or (PACKAGE / stage_name / "__init__.py").is_file(), stage_name
-    for module in ("init.roles", "init.rules", "init.patch", "record.moments", "record.recorder", "record.stats_file",
-                   "record.callback", "record.from_checkpoint", "report.steady_state", "report.dynamics",
-                   "report.report", "report.optimal", "report.card", "report.plots", "report.publish",
-                   "train.options", "train.data", "train.checkpoint", "train.loop", "models.mlp", "__main__"):
+    for module in ("init.roles", "init.rules", "init.patch", "record.moments", "record.recorder",
+                   "record.stats_file", "record.callback", "record.from_checkpoint", "report.steady_state",
+                   "report.dynamics", "init.optimal", "init.transfer", "report.report", "report.next_model",
+                   "report.card", "report.plots", "report.publish", "train.run_config", "train.data",
+                   "train.checkpoint", "train.loop", "train.lm_study", "train.study_stats", "__main__"):
         assert f"hf_varinit.{module}" in MODULES, module
+
+
+LAB = "hf_varinit_lab"  # the lab (experiments/): it imports the library, never the reverse
+
+
+def test_nothing_in_the_library_imports_the_lab():
+    found = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{module}:{node.lineno} imports {n}" for n in names if n == LAB or n.startswith(LAB + ".")]
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(LAB + "."):
+                found.append(f"{module}:{node.lineno} names {node.value!r} (importlib)")
+    assert not found, "\n".join(found)

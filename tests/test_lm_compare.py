@@ -17,25 +17,27 @@ import pandas as pd
 import pytest
 import yaml
 from scipy import stats as scipy_stats
+from transformers import AutoModelForCausalLM
 
 from hf_varinit.cli.main import main
 from hf_varinit.errors import ConfigError, RuleError
+from hf_varinit.init.transfer import TransferFit
 from hf_varinit.io_utils import atomic_write_text
 from hf_varinit.record.from_checkpoint import stats_from_checkpoint
 from hf_varinit.report.report import VarianceReport
-from hf_varinit.report.transfer import TransferFit
-from hf_varinit.studies.lm_compare import LMStudy, arm_slug, run_lm_study, study_seeds
-from hf_varinit.studies.lm_report import (
+from hf_varinit.train.lm_study import LMStudy, arm_slug, run_lm_study, study_seeds
+from hf_varinit.train.lm_study_report import (
     RUN_COLUMNS,
+    break_even_runs,
+    gap_table,
+    lm_table,
     paired,
-    pilot_cost,
     steps_to_target,
     summarize,
-    summary_table,
-    t_interval,
-    welch,
 )
-from hf_varinit.train.options import resolve_config_path
+from hf_varinit.train.run_config import resolve_config_path
+from hf_varinit.train.study_report import pilot_cost
+from hf_varinit.train.study_stats import t_interval, welch
 
 STEPS, TARGET = 6, 6.0
 
@@ -71,6 +73,7 @@ def study(tmp_path_factory, config):
 # ----------------------------------------------------------------------------- the study end to end
 
 
+@pytest.mark.slow
 def test_study_writes_the_report_files_and_columns(study):
     output, _ = study
     for name in ("README.md", "summary.csv", "runs.csv", "curves.png", "study.json"):
@@ -94,6 +97,7 @@ def test_study_writes_the_report_files_and_columns(study):
     assert summary["final_eval_mean"].iloc[1] == pytest.approx(mean)
 
 
+@pytest.mark.slow
 def test_study_json_holds_the_settings_and_the_card_the_command(study, config):
     output, _ = study
     settings = json.loads((output / "study.json").read_text())
@@ -106,6 +110,7 @@ def test_study_json_holds_the_settings_and_the_card_the_command(study, config):
     assert "kaiming vs gpt2, final eval loss (Welch):" in card and "(paired by seed):" in card
 
 
+@pytest.mark.slow
 def test_the_printed_table_has_every_arm_and_the_tests(study):
     _, printed = study
     assert "| gpt2 " in printed and "| kaiming " in printed
@@ -113,6 +118,7 @@ def test_the_printed_table_has_every_arm_and_the_tests(study):
     assert json.loads(printed.strip().splitlines()[-1])["output"].endswith("lm")
 
 
+@pytest.mark.slow
 def test_a_rerun_trains_nothing_and_rewrites_no_run_file(study, config, capsys):
     output, _ = study
     before = {p: p.stat().st_mtime_ns for p in (output / "runs").rglob("*") if p.is_file()}
@@ -123,6 +129,7 @@ def test_a_rerun_trains_nothing_and_rewrites_no_run_file(study, config, capsys):
     assert set(runs.values()) == {"skipped (finished)"} and len(runs) == 4
 
 
+@pytest.mark.slow
 def test_other_steps_in_the_same_folder_are_refused(study, config):
     output, _ = study
     before = (output / "study.json").read_text()
@@ -132,6 +139,7 @@ def test_other_steps_in_the_same_folder_are_refused(study, config):
     assert (output / "study.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_a_finished_run_of_another_spec_is_refused_before_training(study, config, tmp_path):
     output, _ = study
     other = tmp_path / "other"
@@ -152,11 +160,12 @@ def test_a_bad_arm_spec_fails_before_any_training(config, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_pilot_cost_is_the_source_runs_tokens_also_from_its_final_weights(study, tmp_path):
     output, _ = study
     run = output / "runs" / "gpt2" / "seed0"
     assert pilot_cost(f"optimal:report={run}")["tokens"] == STEPS * 4 * 32
-    assert pilot_cost("kaiming") == {"report": None, "tokens": 0, "note": "no pilot"}
+    assert pilot_cost("kaiming") == {"report": None, "tokens": 0, "flops": 0, "note": "no pilot"}
     combined = VarianceReport.from_stats(run / "variance.safetensors")
     combined.transfer = TransferFit(widths=[32], depths=[2], sources=[str(run), str(run.parent / "seed1")], n_layer=2)
     combined.save(tmp_path / "combined")
@@ -165,8 +174,12 @@ def test_pilot_cost_is_the_source_runs_tokens_also_from_its_final_weights(study,
     assert json.loads((run / "final" / "config.json").read_text())["varinit_train_tokens"] == STEPS * 4 * 32
     VarianceReport.from_stats(stats_from_checkpoint(run / "final")).save(tmp_path / "weights")
     cost = pilot_cost(f"optimal:report={tmp_path / 'weights'}")
-    assert cost == {"report": str(tmp_path / "weights"), "tokens": STEPS * 4 * 32,
+    model = AutoModelForCausalLM.from_pretrained(run / "final")  # FLOPs: 6 N tokens, N without wte / wpe
+    n = sum(p.numel() for p in model.parameters()) - model.transformer.wte.weight.numel() - \
+        model.transformer.wpe.weight.numel()
+    assert cost == {"report": str(tmp_path / "weights"), "tokens": STEPS * 4 * 32, "flops": 6 * n * STEPS * 4 * 32,
                     "note": "the final weights of one training run"}
+    assert pilot_cost(f"optimal:report={run}")["flops"] == 6 * n * STEPS * 4 * 32
     config = json.loads((run / "final" / "config.json").read_text())  # weights saved by another tool: unknown
     del config["varinit_train_tokens"]
     shutil.copytree(run / "final", tmp_path / "other")
@@ -232,7 +245,7 @@ def test_steps_to_target_and_a_run_that_never_reaches_it():
     assert b["final_eval_diff"] == pytest.approx(4.0 - 3.2)
     assert b["final_eval_p"] == pytest.approx(scipy_stats.ttest_ind([3.8, 4.2], [3.0, 3.4], equal_var=False).pvalue)
     assert (b["run_tokens"], b["pilot_tokens"], b["total_tokens"]) == (100, 50, 150)
-    table = summary_table(summary, [10, 30], 4.0)
+    table = lm_table(summary, [10, 30], 4.0)
     assert "10 (not reached 1/2)" in table and "eval @10" in table and "| 150 " in table
 
 
@@ -241,3 +254,29 @@ def test_seed_counts_and_slugs():
     with pytest.raises(ConfigError):
         study_seeds([0])
     assert arm_slug("optimal:report=runs/x,fallback=gpt2") == "optimal_report_runs_x_fallback_gpt2"
+
+
+def test_steps_paired_by_seed_over_seeds_that_reach_the_target_in_both_arms_and_the_break_even():
+    arms = [{"label": "a", "spec": "gpt2", "slug": "a"}, {"label": "b", "spec": "optimal", "slug": "b"}]
+    curves = {("a", 0): {10: 5.0, 20: 4.0, 30: 3.0}, ("a", 1): {10: 5.0, 20: 4.5, 30: 3.9},
+              ("a", 2): {10: 5.0, 20: 4.8, 30: 4.5},  # seed 2 never reaches 4.0 in arm a: left out of the pairing
+              ("b", 0): {10: 3.9, 20: 3.5, 30: 2.9}, ("b", 1): {10: 4.5, 20: 3.9, 30: 3.7},
+              ("b", 2): {10: 4.0, 20: 3.8, 30: 3.6}}
+    frames = {k: metrics(v) for k, v in curves.items()}
+    runs = pd.DataFrame([{"arm": a, "spec": "x", "seed": s, "run_dir": "", "final_step": 30,
+                          "final_eval_loss": c[30], "steps_to_target": steps_to_target(frames[a, s], 4.0),
+                          "tokens": 300, "flops": 3000.0, "wall_seconds": 1.0} for (a, s), c in curves.items()],
+                        columns=RUN_COLUMNS)
+    summary = summarize(runs, frames, arms, [10, 30], {"b": {"tokens": 600, "flops": 6000.0, "note": "one"}})
+    b = summary.iloc[1]
+    # seeds 0 and 1 reach 4.0 in both arms: a at 20 and 30, b at 10 and 20 -> paired differences -10, -10
+    assert b["paired_steps_diff"] == pytest.approx(-10.0) and pd.isna(b["paired_steps_p"])  # no spread: no test
+    # the eval gap at step 10, paired over all three seeds
+    assert b["gap_10_diff"] == pytest.approx(((3.9 - 5.0) + (4.5 - 5.0) + (4.0 - 5.0)) / 3)
+    assert b["gap_10_p"] == pytest.approx(scipy_stats.ttest_rel([3.9, 4.5, 4.0], [5.0, 5.0, 5.0]).pvalue)
+    # 10 steps saved of a 30-step run costing 3000 FLOPs: 1000 FLOPs a run; the pilot's 6000 pay after 6 runs
+    assert b["break_even_runs"] == pytest.approx(6.0)
+    assert summary.iloc[0]["break_even_runs"] == 0.0
+    assert break_even_runs(6000.0, 3000.0, 30, +5.0) is None  # no saving: never pays
+    table = gap_table(summary, [10, 30])
+    assert "Δ eval @10 vs a, paired" in table and "| 6 " in table and "6e+03" in table

@@ -179,7 +179,7 @@ def test_from_report_applies_config_overrides(tmp_path):
     assert rows["layers.7.q"].std ** 2 == pytest.approx(4e-3)
     with pytest.raises(ReportError, match="tracked tensor 'embedding' has shape"):
         hv.from_report(report, vocab_size=300)
-    with pytest.raises(ReportError, match="hidden size 32, but the model has 64"):
+    with pytest.raises(ReportError, match="measured at width 32, the model asked for has 64; pass width_transfer"):
         hv.from_report(report, n_embd=64)
     with pytest.raises(ConfigError, match="no entry 'n_layers'"):
         hv.from_report(report, n_layers=8)

@@ -1,4 +1,4 @@
-"""Patching: from_config, patched_init, apply_init, from_pretrained and the MLP model."""
+"""Patching: from_config, patched_init, apply_init and from_pretrained (the lab's MLP model: experiments/tests)."""
 
 import pytest
 import torch
@@ -11,7 +11,6 @@ from transformers import (
 )
 
 import hf_varinit as hv
-from hf_varinit.models import VarInitMLPConfig, VarInitMLPForClassification
 
 
 def _state(model):
@@ -107,24 +106,6 @@ def test_init_plan_is_a_dry_run(tiny_gpt2_config):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert {"layers.0.q", "layers.0.k", "layers.0.v"} <= {r.key for r in rows}
     assert rows[0]._fields[:8] == ("name", "role", "layer", "slice", "fan_in", "fan_out", "distribution", "std")
-
-
-def test_mlp_from_config_save_and_load(tmp_path):
-    config = VarInitMLPConfig(input_size=10, hidden_sizes=[32, 32], num_labels=4)
-    model = hv.from_config(config, "kaiming", seed=0)
-    assert isinstance(model, VarInitMLPForClassification)
-    out = model(inputs=torch.randn(5, 10), labels=torch.tensor([0, 1, 2, 3, 0]))
-    assert out.logits.shape == (5, 4) and torch.isfinite(out.loss)
-    model.save_pretrained(tmp_path)
-    loaded = AutoModel.from_pretrained(tmp_path)
-    assert isinstance(loaded, VarInitMLPForClassification)
-    assert torch.equal(loaded.layers[0].weight, model.layers[0].weight)
-    assert loaded.config.varinit_rule == "kaiming"
-
-
-def test_mlp_config_rejects_bad_activation():
-    with pytest.raises(ValueError, match="activation='swish' is unknown"):
-        VarInitMLPConfig(activation="swish")
 
 
 def test_from_config_passes_kwargs_to_a_named_architecture(tiny_gpt2_config):

@@ -20,7 +20,9 @@ from hf_varinit.cli.main import main as cli_main
 from hf_varinit.cli.report import main_report
 from hf_varinit.errors import ReportError
 from hf_varinit.record.stats_file import VarianceStats, load_stats, save_stats
-from hf_varinit.report.report import AnalysisOptions, VarianceReport, analyze, analyze_series
+from hf_varinit.report.options import AnalysisOptions
+from hf_varinit.report.report import VarianceReport
+from hf_varinit.report.steady_state import analyze, analyze_series
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 STEPS = np.arange(0, 1001, 10)  # one record every 10 steps

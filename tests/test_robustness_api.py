@@ -252,7 +252,7 @@ def test_errors_are_one_line():
     ("gpt2", {"n_head": True}, "n_head=True"),
 ])
 def test_build_config_refuses_sizes_that_are_not_positive_integers(model_type, options, field):
-    from hf_varinit.arch import build_config
+    from hf_varinit.arch.builder import build_config
 
     with pytest.raises(ConfigError, match=field) as info:
         build_config(model_type, **options)
@@ -261,7 +261,7 @@ def test_build_config_refuses_sizes_that_are_not_positive_integers(model_type, o
 
 @pytest.mark.parametrize("value", ["abc", "128px", float("inf"), [128], 0, -1, True])
 def test_config_accessors_name_a_bad_field(value):
-    from hf_varinit.arch import check_config_sizes, hidden_size
+    from hf_varinit.arch.config import check_config_sizes, hidden_size
 
     with pytest.raises(ConfigError, match="n_embd="):
         hidden_size({"n_embd": value})

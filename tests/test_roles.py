@@ -13,8 +13,7 @@ from transformers import (
 )
 
 import hf_varinit as hv
-from hf_varinit.init.roles import ColumnBlock, HeadInterleaved, RowBlock, get_roles, iter_roles, tracked_roles
-from hf_varinit.models import VarInitMLPConfig
+from hf_varinit.init.roles import ColumnBlock, HeadInterleaved, RowBlock, get_roles, iter_roles
 
 
 @pytest.mark.parametrize(
@@ -56,12 +55,6 @@ def test_tied_embedding_and_lm_head_are_one_entry(tiny_gpt2_config):
     assert model.lm_head.weight is model.transformer.wte.weight
     names = [r.name for r in get_roles(model)]
     assert "transformer.wte.weight" in names and "lm_head.weight" not in names
-
-
-def test_mlp_roles_are_linear_layers_and_a_head():
-    model = hv.from_config(VarInitMLPConfig(input_size=8, hidden_sizes=[16, 16, 16], num_labels=3), seed=0)
-    keys = [e.key for e, _ in tracked_roles(model)]
-    assert keys == ["layers.0.linear", "layers.1.linear", "layers.2.linear", "head"]
 
 
 def test_llama_grouped_query_fans():

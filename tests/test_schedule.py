@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hf_varinit.cli.pretrain import parse_options
 from hf_varinit.errors import ReportError
+from hf_varinit.record.recipe import RunRecipe
 from hf_varinit.record.stats_file import VarianceStats, load_stats
 from hf_varinit.report.options import AnalysisOptions
 from hf_varinit.report.plots import CUMULATIVE_LR_PLOT
 from hf_varinit.report.report import VarianceReport
-from hf_varinit.report.steady_state import analyze, cumulative_lr, learning_rates, record_schedule
+from hf_varinit.report.steady_state import analyze, cumulative_lr, known_schedule, learning_rates
 from hf_varinit.train.loop import run_pretrain
-from hf_varinit.train.options import parse_options
 
 TEST_CONFIG = str(Path(__file__).resolve().parents[1] / "hf_varinit" / "configs" / "gpt2-tiny-test.yaml")
 PEAK, WARMUP, MAX_STEPS, EVERY = 1e-3, 30, 600, 20
@@ -38,6 +39,10 @@ def _lr(i: int, schedule: str) -> float:
 def _metadata(schedule: str | None) -> dict:
     meta = {"source": "training", "lr": PEAK, "warmup_steps": WARMUP, "max_steps": MAX_STEPS}
     return meta if schedule is None else {**meta, "lr_schedule": schedule}
+
+
+def _recipe(schedule: str | None) -> RunRecipe:
+    return RunRecipe.from_metadata(_metadata(schedule))
 
 
 def _record(values_of_step, metadata: dict) -> VarianceStats:
@@ -65,7 +70,7 @@ def test_variance_rising_linearly_with_cumulative_lr_under_cosine_is_not_station
 
     without_schedule = analyze(_record(rising, {"source": "training"}))
     assert all(a.stationary for a in without_schedule.values())  # the drift test alone is fooled
-    for old_record in (_metadata(None), _metadata("cosine")):  # no lr_schedule key: a cosine run
+    for old_record in (_metadata(None), _metadata("cosine")):  # pretrain wrote no lr_schedule when cosine was all
         result = analyze(_record(rising, old_record))
         a = result["layers.1.q"]
         assert not any(x.stationary for x in result.values())
@@ -102,26 +107,41 @@ def test_min_lr_fraction_zero_turns_the_check_off_and_out_of_range_is_refused():
 
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
 def test_learning_rates_match_the_formula(schedule):
-    lr = learning_rates(_metadata(schedule))
+    lr = learning_rates(_recipe(schedule))
     assert lr.shape == (MAX_STEPS,)
     np.testing.assert_allclose(lr, [_lr(i, schedule) for i in range(MAX_STEPS)], rtol=1e-12, atol=1e-18)
     step = np.arange(0, MAX_STEPS + 1, EVERY)
-    np.testing.assert_allclose(cumulative_lr(_metadata(schedule), step), _cumulative(step, schedule), rtol=1e-12)
+    np.testing.assert_allclose(cumulative_lr(_recipe(schedule), step), _cumulative(step, schedule), rtol=1e-12)
 
 
 @pytest.mark.parametrize("metadata", [
-    {"source": "training", "lr": 0.1},  # an MLP study record: no warmup_steps / max_steps
-    {**_metadata("cosine"), "source": "trainer"},  # a Trainer callback: its schedule is not known
+    {"source": "training", "optimizer": "sgd", "lr": 0.1, "steps": MAX_STEPS},  # an MLP study: constant lr, unsaid
+    {"source": "trainer", "lr": PEAK, "max_steps": MAX_STEPS},  # a VarianceCallback: Trainer's schedule is not kept
     {**_metadata("cosine"), "source": "checkpoint"},  # a snapshot
     _metadata("linear"),  # a schedule the loop does not make
+    {**_metadata("constant"), "warmup_steps": None},  # one part of the schedule missing
 ])
 def test_records_without_a_known_schedule_keep_the_drift_test_alone(metadata):
-    assert record_schedule(metadata) is None and learning_rates(metadata) is None
+    recipe = RunRecipe.from_metadata({k: v for k, v in metadata.items() if v is not None})
+    assert not known_schedule(recipe) and learning_rates(recipe) is None
     record = _record(lambda step: 4e-4 * (2 - np.exp(-step / 40.0)), metadata)
-    assert cumulative_lr(metadata, record.step) is None
+    assert cumulative_lr(recipe, record.step) is None
     for a in analyze(record).values():
         assert a.window_lr_share is None and a.window_lr_fraction is None
         assert a.stationary is (None if metadata["source"] == "checkpoint" else True)
+
+
+def test_a_record_without_its_schedule_says_unknown_and_claims_no_schedule(tmp_path):
+    mlp = {"source": "training", "optimizer": "sgd", "lr": 0.05, "weight_decay": 0.01, "steps": MAX_STEPS}
+    folder = VarianceReport.from_stats(_record(lambda step: 4e-4 * (3 - 2 * np.exp(-step / 40.0)), mlp)).save(
+        tmp_path / "report")
+    card = (folder / "README.md").read_text()
+    assert "| lr schedule | unknown |" in card and "cosine" not in card
+    assert "| weight decay | 0.01 |" in card and "| momentum | unknown |" in card
+    assert "did not use the lr schedule" in card and CUMULATIVE_LR_PLOT not in card
+    recipe = json.loads((folder / "steady_state.json").read_text())["recipe"]
+    assert recipe["lr_schedule"] is None and recipe["warmup_steps"] is None and recipe["max_steps"] == MAX_STEPS
+    assert VarianceReport.load(folder).recipe == RunRecipe.from_metadata(mlp)
 
 
 def test_the_report_shows_the_window_lr_share_in_the_card_json_and_a_cumulative_lr_plot(tmp_path):
@@ -136,6 +156,7 @@ def test_the_report_shows_the_window_lr_share_in_the_card_json_and_a_cumulative_
     assert (folder / CUMULATIVE_LR_PLOT).stat().st_size > 0 and f"]({CUMULATIVE_LR_PLOT})" in card
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
 def test_learning_rates_match_the_lr_the_training_loop_logs(tmp_path, schedule):
     out = tmp_path / schedule
@@ -144,7 +165,7 @@ def test_learning_rates_match_the_lr_the_training_loop_logs(tmp_path, schedule):
                                 "--lr-schedule", schedule, "--log-every", "1", "--checkpoint-every", "7"]))
     stats = load_stats(out / "variance.safetensors")
     assert stats.metadata["lr_schedule"] == schedule
-    lr = learning_rates(stats.metadata)
+    lr = learning_rates(stats.recipe)
     logged = {row["step"]: row["lr"] for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
               if "lr" in row}
     # the loop logs, after step s, the lr its scheduler gives the next update: lr[s]

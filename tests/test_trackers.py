@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # the dev extra installs it
 
+from hf_varinit.cli.pretrain import parse_options
 from hf_varinit.record.stats_file import load_stats
 from hf_varinit.train.loop import run_pretrain
-from hf_varinit.train.options import parse_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = str(ROOT / "hf_varinit" / "configs" / "gpt2-tiny-test.yaml")

@@ -22,11 +22,12 @@ from safetensors.torch import load_file
 
 from hf_varinit.cli import pretrain as pretrain_command
 from hf_varinit.cli.main import main
+from hf_varinit.cli.pretrain import parse_options
 from hf_varinit.errors import ConfigError, NonFiniteLossError
 from hf_varinit.record.stats_file import load_stats
 from hf_varinit.train.checkpoint import COMPLETE, complete_checkpoints, find_latest_checkpoint
 from hf_varinit.train.loop import run_pretrain
-from hf_varinit.train.options import PretrainOptions, load_yaml_options, parse_options
+from hf_varinit.train.run_config import PretrainOptions, load_yaml_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = str(ROOT / "hf_varinit" / "configs" / "gpt2-tiny-test.yaml")
@@ -246,6 +247,7 @@ def test_accelerate_launch_entry_point_runs(tmp_path, cache_dir, base_run):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path, cache_dir, base_run):
     launch(cache_dir, tmp_path, "--multi_gpu", "--num_processes", "2")
@@ -310,6 +312,7 @@ def test_checkpoint_saves_drop_the_shared_tensor_warning(tmp_path, cache_dir, ca
     assert [step for step, _ in complete_checkpoints(tmp_path)] == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_finished_run_continues_to_a_larger_max_steps(tmp_path, cache_dir, capsys):
     finished = pretrain(tmp_path, cache_dir, "--max-steps", "4", "--checkpoint-every", "3", "--keep-last", "5")
     assert [step for step, _ in complete_checkpoints(tmp_path)] == [3, 4]  # the last step is checkpointed

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from hf_varinit.cli.pretrain import parse_options
 from hf_varinit.record.stats_file import load_stats
 from hf_varinit.train.loop import run_pretrain
-from hf_varinit.train.options import parse_options
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "hf_varinit" / "configs" / "llama-8l-tiny.yaml")
 

@@ -14,8 +14,10 @@ import hf_varinit as hv
 from hf_varinit.cli.main import main as cli_main
 from hf_varinit.errors import ReportError
 from hf_varinit.init.roles import tracked_roles
+from hf_varinit.record.recipe import RunRecipe
 from hf_varinit.record.stats_file import save_stats
-from hf_varinit.report.optimal import combine_reports, recipe_mismatch, spec_recipe_note
+from hf_varinit.report.multi_run import combine_reports
+from hf_varinit.report.next_model import recipe_mismatch, spec_recipe_note
 from hf_varinit.report.report import VarianceReport
 from hf_varinit.report.transfer import fit_power_law
 
@@ -197,8 +199,9 @@ def test_depth_only_runs_make_no_fit_but_a_report(tmp_path):
 
 # --- the recipe ---------------------------------------------------------------------------------------------------
 def test_recipe_is_kept_and_a_mismatch_is_named(tmp_path):
-    report = VarianceReport.load(report_of(gpt2(32), tmp_path, lr_schedule=None))
-    assert report.recipe == {"optimizer": "adamw", "lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 10}
+    # a pretrain record from before lr_schedule was written (cosine was then the only schedule)
+    report = VarianceReport.load(report_of(gpt2(32), tmp_path, lr_schedule=None, max_steps=190))
+    assert report.recipe == RunRecipe("adamw", 1e-3, "cosine", warmup_steps=10, max_steps=190)
     assert recipe_mismatch(report, optimizer="adamw", lr=1e-3) is None
     note = recipe_mismatch(report, optimizer="sgd")
     assert "measured under adamw" in note and "theory is about SGD" in note

@@ -38,14 +38,14 @@ def run(args: argparse.Namespace) -> int:
     Stopped by Ctrl-C or SIGTERM, it writes no report, prints the ``hf-varinit pretrain ... --resume`` command
     that continues the run, and returns 130 or 143.
     """
-    from hf_varinit.report.publish import check_destination
+    from hf_varinit.cli.pretrain import parse_options
+    from hf_varinit.io_utils import check_overwrite
     from hf_varinit.report.report import VarianceReport
     from hf_varinit.train.loop import run_pretrain
-    from hf_varinit.train.options import parse_options
 
     output = Path(args.output_dir)
     if args.report_dir is not None and not Path(args.report_dir).resolve().is_relative_to(output.resolve()):
-        check_destination(args.report_dir, overwrite=args.overwrite)  # before training, not after
+        check_overwrite(args.report_dir, args.overwrite)  # before training, not after
     if (output / "variance.safetensors").exists() or (output / "checkpoints").exists():
         print(f"replacing the previous run in {output}/")  # the demo starts fresh; pretrain --resume continues
         shutil.rmtree(output)

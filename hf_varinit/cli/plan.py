@@ -33,6 +33,7 @@ MODELS = {"gpt2": "gpt2", "llama": "llama", "mistral": "mistral", "qwen2": "qwen
           "gpt_neox": "gpt_neox", "mlp": MLP_TYPE}
 # the size flags of `plan`, and the `build_config` option each one sets
 _SIZE_FLAGS = {"n_layer": "n_layer", "n_embd": "n_embd", "n_head": "n_head", "n_kv_heads": "n_kv_heads",
+               "n_positions": "n_positions",
                "vocab_size": "vocab_size", "input_size": "input_size", "n_labels": "num_labels"}
 
 
@@ -51,7 +52,8 @@ def plan_config(model: str, **options):
     """
     from transformers import AutoConfig
 
-    from hf_varinit.arch import build_config, check_config_sizes, config_options, default_mlp_width
+    from hf_varinit.arch.builder import build_config, config_options, default_mlp_width
+    from hf_varinit.arch.config import check_config_sizes
 
     options = {k: v for k, v in options.items() if v is not None}
     if model not in MODELS:
@@ -112,9 +114,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-embd", type=int, help="hidden size (MLP: width) (default: the model's)")
     parser.add_argument("--n-head", type=int, help="attention heads (default: head dimension 64)")
     parser.add_argument("--n-kv-heads", type=int, help="key/value heads, Llama family (default: --n-head)")
+    parser.add_argument("--n-positions", type=int, help="maximum positions (default: the model's)")
     parser.add_argument("--vocab-size", type=int, help="vocabulary size (default: the model's)")
     parser.add_argument("--input-size", type=int, help="MLP input features (default: the MLP's)")
     parser.add_argument("--n-labels", type=int, help="MLP classes (default: the MLP's)")
+    parser.add_argument("--allow-depth-interpolation", action="store_true",
+                        help="with --report at another --n-layer: map V(W) by relative depth (the rule option "
+                             "allow-depth-interpolation)")
+    parser.add_argument("--width-transfer", choices=("fan-in", "fit"), default=None,
+                        help="with --report at another --n-embd: move V(W) to the new fans (fan-in), or by the "
+                             "width law of a multi-width report (fit); also maps depth (default: none)")
     parser.add_argument("--head", choices=("lm", "base", "seq-cls", "token-cls"), default="lm",
                         help="which model class: LM head, base model, or a classification head (default: %(default)s)")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
@@ -129,37 +138,67 @@ _HEADS = {"lm": None, "base": "AutoModel", "seq-cls": "AutoModelForSequenceClass
           "token-cls": "AutoModelForTokenClassification"}
 
 
+# the size flags `plan --report` takes: the report's own architecture at another size
+_REPORT_SIZE_FLAGS = ("n_layer", "n_embd", "n_head", "n_kv_heads", "n_positions", "vocab_size")
+
+
 def _report_config(args: argparse.Namespace) -> PretrainedConfig:
-    """The config of the model ``--report`` was measured on; sizes are the report's, so size flags are refused."""
-    from hf_varinit.report.optimal import report_config
+    """The config of the model ``--report`` was measured on, at the sizes the size flags give.
+
+    A new width keeps the report's head dimension unless ``--n-head`` is given; a family whose MLP width follows the
+    hidden size (Llama: 8/3) gets the MLP width of the new size.
+    """
+    from hf_varinit.arch.builder import config_options, default_mlp_width
+    from hf_varinit.arch.config import hidden_size, num_heads
+    from hf_varinit.report.next_model import report_config
+    from hf_varinit.report.reader import load_report
 
     if args.model is not None:
         raise ConfigError(f"--model {args.model} and --report {args.report} both give the model; use one (--report "
-                          "plans the model the report was measured on)")
-    sizes = [flag for flag in _SIZE_FLAGS if getattr(args, flag, None) is not None]
-    if sizes:
-        raise ConfigError(f"{_flags(sizes)} do(es) not apply with --report: the sizes are the report's; to plan "
-                          f"another size, use --model with size flags and --rule "
-                          f"'optimal:report={args.report},allow-depth-interpolation' (another depth) or "
-                          f"'optimal:report={args.report},width-transfer=fan-in' (another width and depth)")
-    return report_config(args.report)
+                          "plans the model the report was measured on, at other sizes with the size flags)")
+    report = load_report(args.report)
+    refused = [flag for flag in _SIZE_FLAGS if flag not in _REPORT_SIZE_FLAGS and getattr(args, flag, None)]
+    if refused:
+        raise ConfigError(f"{_flags(refused)} do(es) not apply with --report; its size flags: "
+                          f"{_flags(_REPORT_SIZE_FLAGS)}")
+    sizes = {flag: getattr(args, flag) for flag in _REPORT_SIZE_FLAGS if getattr(args, flag, None) is not None}
+    width, heads = hidden_size(report.config), num_heads(report.config)
+    if "n_embd" in sizes and sizes["n_embd"] != width:
+        if "n_head" not in sizes and width and heads and width % heads == 0:
+            sizes["n_head"] = max(1, sizes["n_embd"] // (width // heads))  # the report's head dimension
+        if "intermediate_size" in config_options(report.model_type):
+            mlp_width = default_mlp_width(report.model_type, sizes["n_embd"])
+            if mlp_width:
+                sizes["intermediate_size"] = mlp_width
+    return report_config(report, **sizes)
+
+
+def _report_rule(args: argparse.Namespace) -> str:
+    """The rule of ``plan --report``: ``--rule``, else ``optimal:report=R``; the transfer flags are appended."""
+    options = (["allow-depth-interpolation"] if args.allow_depth_interpolation else []) + \
+              ([f"width-transfer={args.width_transfer}"] if args.width_transfer else [])
+    rule = args.rule or f"optimal:report={args.report}"
+    if options and not rule.startswith("optimal:"):
+        raise ConfigError(f"--allow-depth-interpolation / --width-transfer apply to the optimal rule, not --rule "
+                          f"{rule!r}; drop them or use an 'optimal:report=...' rule")
+    return ",".join([rule, *options])
 
 
 def _report_header(rule, args: argparse.Namespace) -> str:
     """Lines naming the recipe of an optimal rule's report, and a mismatch with ``--optimizer`` / ``--lr``."""
+    from hf_varinit.init.optimal import OptimalRule
     from hf_varinit.init.rules import get_rule
-    from hf_varinit.report.optimal import OptimalRule, recipe_mismatch
-    from hf_varinit.report.report import VarianceReport
-    from hf_varinit.report.transfer import describe_recipe
+    from hf_varinit.record.recipe import RunRecipe
+    from hf_varinit.report.transfer import recipe_note
 
     parsed = get_rule(rule)
     if not isinstance(parsed, OptimalRule) or parsed.variances is not None:
         return ""
-    report = parsed.loaded or VarianceReport.load(parsed.report)
-    lines = [f"# report {parsed.report or report.origin}: measured under {describe_recipe(report.recipe)}"]
-    if report.transfer is not None:
-        lines.append(f"# runs at widths {report.transfer.widths}, depths {report.transfer.depths}")
-    mismatch = recipe_mismatch(report, optimizer=args.optimizer, lr=args.lr)
+    table = parsed.table()
+    lines = [f"# report {table.source}: measured under {(table.recipe or RunRecipe()).describe()}"]
+    if table.transfer is not None:
+        lines.append(f"# runs at widths {table.transfer.widths}, depths {table.transfer.depths}")
+    mismatch = recipe_note(table.recipe, optimizer=args.optimizer, lr=args.lr)
     if mismatch:
         lines.append(f"# note: {mismatch}")
     return "\n".join(lines)
@@ -173,12 +212,13 @@ def run(args: argparse.Namespace) -> list[PlanRow]:
 
     if args.report is not None:
         config, described = _report_config(args), f"the model of report {args.report}"
-        rule = args.rule or f"optimal:report={args.report}"
+        rule = _report_rule(args)
     else:
         described = f"--model {args.model or 'gpt2'}"
-        config = plan_config(args.model or "gpt2", n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
-                             n_kv_heads=args.n_kv_heads, vocab_size=args.vocab_size, input_size=args.input_size,
-                             n_labels=args.n_labels)
+        if args.allow_depth_interpolation or args.width_transfer:
+            raise ConfigError("--allow-depth-interpolation / --width-transfer apply with --report; with --model give "
+                              "them in the rule, e.g. --rule 'optimal:report=R,width-transfer=fan-in'")
+        config = plan_config(args.model or "gpt2", **{flag: getattr(args, flag) for flag in _SIZE_FLAGS})
         rule = args.rule or "hf"
     head = "base" if config.model_type == MLP_TYPE else args.head
     auto = getattr(transformers, _HEADS[head]) if _HEADS[head] else None  # None: from_config picks the LM head

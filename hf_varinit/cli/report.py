@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_varinit.errors import ConfigError, ReportError, StatsError
-from hf_varinit.io_utils import blocking_file
+from hf_varinit.io_utils import blocking_file, check_overwrite
 from hf_varinit.report.options import DEFAULT_LICENSE, AnalysisOptions
 
 # torch, transformers and the report machinery are imported in the functions that use them, so `--help` is fast
@@ -75,10 +75,9 @@ def main_report(
         ReportError: unreadable statistics, an existing ``output`` without ``overwrite`` (nothing is written), or a
             failed push (after the folder is written; the message says where).
     """
-    from hf_varinit.report.publish import check_destination
     from hf_varinit.report.report import VarianceReport
 
-    check_destination(output, overwrite=overwrite)
+    check_overwrite(output, overwrite)
     try:
         report = VarianceReport.from_stats(stats, options, license=license)
     except StatsError as exc:
@@ -99,11 +98,10 @@ def main_report(
 def main_multi_report(runs: list[str], output: str | os.PathLike[str], options: AnalysisOptions | None = None, *,
                       overwrite: bool = False, license: str | None = None) -> Path:
     """One report from several runs at other widths / depths (`combine_reports`); prints the fit per role."""
-    from hf_varinit.report.optimal import combine_reports
-    from hf_varinit.report.publish import check_destination
+    from hf_varinit.report.multi_run import combine_reports
     from hf_varinit.report.report import VarianceReport
 
-    check_destination(output, overwrite=overwrite)
+    check_overwrite(output, overwrite)
     try:
         reports = [VarianceReport.from_stats(r, options, license=license) for r in runs]
     except StatsError as exc:
@@ -134,10 +132,9 @@ def run(args: argparse.Namespace) -> Path:
         return main_multi_report(args.run, args.output, _analysis_options(args), overwrite=args.overwrite,
                                  license=args.license)
     from hf_varinit.record.from_checkpoint import stats_from_checkpoint
-    from hf_varinit.report.publish import check_destination
 
     output = args.output or _default_output(args)
-    check_destination(output, overwrite=args.overwrite)  # before reading a checkpoint
+    check_overwrite(output, args.overwrite)  # before reading a checkpoint
     source = stats_from_checkpoint(args.from_model) if args.from_model else args.run[0]
     return main_report(source, output, args.push_to_hub, _analysis_options(args), overwrite=args.overwrite,
                        license=args.license)

@@ -22,7 +22,8 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
 
-from hf_varinit.arch import ENCODER_TYPES, hidden_size, is_known_architecture, num_layers
+from hf_varinit.arch.config import hidden_size, num_layers
+from hf_varinit.arch.table import ENCODER_TYPES, is_known_architecture
 from hf_varinit.errors import ConfigError, RoleError, RuleError
 from hf_varinit.init.roles import TensorRole, iter_roles
 from hf_varinit.init.rules import Init, InitRule, ModelContext, get_rule, truncated_std_factor

@@ -21,7 +21,9 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from hf_varinit.arch import ARCHITECTURES, Architecture, Fused, layer_key, num_heads
+from hf_varinit.arch.config import num_heads
+from hf_varinit.arch.keys import layer_key
+from hf_varinit.arch.table import Architecture, Fused, get_architecture
 from hf_varinit.errors import RoleError
 
 # Roles whose weights are lookup tables, not matrices applied to activations.
@@ -272,7 +274,7 @@ def iter_roles(model: nn.Module) -> Iterator[tuple[TensorRole, nn.Parameter, nn.
     for module_name, module in model.named_modules():
         prefix = next((p for p in parts if module_name == p or module_name.startswith(p + ".")), "")
         config = parts[prefix] if prefix else root_config
-        arch = ARCHITECTURES.get(getattr(config, "model_type", None))
+        arch = get_architecture(getattr(config, "model_type", None))
         role = _module_role(arch, module_name, module)
         layer = _layer_of(module_name[len(prefix):])
         for param_name, param in module.named_parameters(recurse=False):

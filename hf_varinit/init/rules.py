@@ -9,6 +9,7 @@ validated in ``__post_init__``. Biases start at zero and norm weights at one und
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -121,7 +122,7 @@ def _check_std(name: str, value: float, key: str = "std", *, bounded: bool = Tru
                         f"use {key} >= {MIN_SCALE:.1e} (typical values are near 0.02)")
 
 
-def _check_choice(name: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise RuleError(f"rule {name!r}: {key}={shown(value)} is invalid; valid choices: {', '.join(choices)}")
 
@@ -199,7 +200,7 @@ class _FanRule(InitRule):
     embedding_std: float | None = None
 
     def __post_init__(self):
-        _check_choice(self.name, "dist", self.dist, ("normal", "uniform"))
+        check_choice(self.name, "dist", self.dist, ("normal", "uniform"))
         if self.embedding_std is not None:
             _check_std(self.name, self.embedding_std, "embedding_std")
 
@@ -243,8 +244,8 @@ class KaimingRule(_FanRule):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_choice(self.name, "mode", self.mode, ("fan_in", "fan_out"))
-        _check_choice(self.name, "nonlinearity", self.nonlinearity, NONLINEARITIES)
+        check_choice(self.name, "mode", self.mode, ("fan_in", "fan_out"))
+        check_choice(self.name, "nonlinearity", self.nonlinearity, NONLINEARITIES)
         if not _is_finite_number(self.a):
             raise RuleError(f"rule 'kaiming': a={shown(self.a)} is invalid; it must be a finite number (leaky_relu "
                             "slope)")
@@ -274,24 +275,49 @@ class LecunRule(_FanRule):
 class GPT2Rule(InitRule):
     """GPT-2: N(0, std^2) everywhere, residual projections scaled by 1/sqrt(2 n_layer).
 
-    ``std`` defaults to the config's ``initializer_range``.
+    ``std`` defaults to the config's ``initializer_range``. Per-role scales, the handful of numbers a pilot-free
+    baseline tunes: ``embedding_std`` (token and position embeddings), ``head_std`` (an untied output head) and
+    ``residual_scale`` (a multiplier on the residual projections' std/sqrt(2 n_layer)), e.g.
+    ``gpt2:embedding_std=0.06,residual_scale=3``.
     """
 
     name: ClassVar[str] = "gpt2"
     std: float | None = None
+    embedding_std: float | None = None
+    head_std: float | None = None
+    residual_scale: float = 1.0
 
     def __post_init__(self):
-        if self.std is not None:
-            _check_std(self.name, self.std)
+        for key in ("std", "embedding_std", "head_std"):
+            if getattr(self, key) is not None:
+                _check_std(self.name, getattr(self, key), key)
+        _check_std(self.name, self.residual_scale, "residual_scale")
 
     def weight_init(self, entry, ctx):
         std = self.std or ctx.initializer_range
+        if entry.role in EMBEDDING_ROLES and self.embedding_std is not None:
+            return _sample("normal", self.embedding_std, note="embedding_std")
+        if entry.role == "head" and self.head_std is not None:
+            return _sample("normal", self.head_std, note="head_std")
         if entry.role in RESIDUAL_ROLES and ctx.n_layer:
-            return _sample("normal", std / math.sqrt(2 * ctx.n_layer), note="residual 1/sqrt(2 n_layer)")
+            scaled = f"{self.residual_scale:g} x " if self.residual_scale != 1.0 else ""
+            return _sample("normal", self.residual_scale * std / math.sqrt(2 * ctx.n_layer),
+                           note=f"residual {scaled}1/sqrt(2 n_layer)")
         return _sample("normal", std)
 
 
 _REGISTRY: dict[str, Callable[..., InitRule]] = {}
+# Built-in rules defined in their own modules: name -> "module:attribute", imported on the first lookup (the way
+# transformers' auto classes resolve a name), so every built-in rule resolves whichever module was imported first.
+_BUILTIN_ELSEWHERE: dict[str, str] = {"optimal": "hf_varinit.init.optimal:OptimalRule"}
+
+
+def _factory(name: str) -> Callable[..., InitRule] | None:
+    """The factory registered as ``name`` (a built-in defined elsewhere is imported now), or None."""
+    if name not in _REGISTRY and name in _BUILTIN_ELSEWHERE:
+        module, _, attribute = _BUILTIN_ELSEWHERE[name].partition(":")
+        _REGISTRY[name] = getattr(importlib.import_module(module), attribute)
+    return _REGISTRY.get(name)
 
 
 def register_rule(name: str, factory: Callable[..., InitRule], *, overwrite: bool = False) -> None:
@@ -311,21 +337,22 @@ def register_rule(name: str, factory: Callable[..., InitRule], *, overwrite: boo
     """
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise RuleError(f"rule name {shown(name)} is invalid: use letters, digits, '_' or '-'")
-    if name in _REGISTRY and not overwrite:
+    if (name in _REGISTRY or name in _BUILTIN_ELSEWHERE) and not overwrite:
         raise RuleError(f"a rule named {shown(name)} is already registered; pick another name or pass overwrite=True")
+    _BUILTIN_ELSEWHERE.pop(name, None)
     _REGISTRY[name] = factory
 
 
 def list_rules() -> list[str]:
     """The names of all registered rules."""
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_BUILTIN_ELSEWHERE))
 
 
 def build_rule(name: str, params: Mapping[str, Any]) -> InitRule:
     """Instantiate a registered rule, checking every key against its fields and every value against their types."""
-    if name not in _REGISTRY:
+    factory = _factory(name) if isinstance(name, str) else None
+    if factory is None:
         raise RuleError(f"unknown init rule {shown(name)}; valid rules: {', '.join(list_rules())}")
-    factory = _REGISTRY[name]
     if dataclasses.is_dataclass(factory):
         fields = {f.name: f for f in dataclasses.fields(factory) if f.init}
         unknown = sorted((k for k in params if k not in fields), key=repr)

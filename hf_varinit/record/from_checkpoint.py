@@ -22,7 +22,7 @@ from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 from transformers import AutoConfig
 
-from hf_varinit.arch import check_config_sizes, num_layers
+from hf_varinit.arch.config import check_config_sizes, num_layers
 from hf_varinit.errors import HFVarInitError, ReportError, shown
 from hf_varinit.init.patch import from_config, init_plan
 from hf_varinit.init.roles import tracked_roles

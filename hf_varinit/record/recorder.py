@@ -18,7 +18,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-from hf_varinit.arch import num_layers
+from hf_varinit.arch.config import num_layers
 from hf_varinit.errors import HFVarInitError, RoleError, StatsError
 from hf_varinit.init.patch import init_plan
 from hf_varinit.init.roles import TensorRole, tracked_roles

@@ -11,7 +11,8 @@ Tensors:
 Metadata (safetensors str -> str, values JSON-encoded unless they are plain strings): required ``format``,
 ``format_version`` and ``tracked`` (JSON list, one dict per column of the [S, T] tensors, each with a unique
 ``key``); optional ``model_type``, ``config``, ``rule``, ``n_layer`` and free fields. The schema, checked on
-loading, is `hf_varinit.record.stats_schema`.
+loading, is `hf_varinit.record.stats_schema`; the training recipe among the free fields (optimizer, lr, lr_schedule,
+warmup_steps, ...) is read by `hf_varinit.record.recipe.RunRecipe` (`VarianceStats.recipe`).
 
 Loading never unpickles anything: only ``safetensors.safe_open`` touches the file.
 
@@ -36,10 +37,11 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from hf_varinit.arch import num_layers
+from hf_varinit.arch.config import num_layers
 from hf_varinit.errors import StatsError
 from hf_varinit.io_utils import atomic_path
 from hf_varinit.record import STAT_NAMES
+from hf_varinit.record.recipe import RunRecipe
 from hf_varinit.record.stats_schema import check_metadata, check_tracked, decode_meta, encode_meta, json_default
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "STATS_FILENAME", "VarianceStats", "concat", "library_versions", "load_stats",
@@ -191,6 +193,11 @@ class VarianceStats:
     def n_layer(self) -> int | None:
         value = self.metadata["n_layer"] if "n_layer" in self.metadata else num_layers(self.config)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def recipe(self) -> RunRecipe:
+        """How the run was trained (optimizer, lr and its schedule, ...; unknown fields None), from the metadata."""
+        return RunRecipe.from_metadata(self.metadata)
 
     # --- transforms ---------------------------------------------------------------------------
     def _with(self, idx: np.ndarray) -> VarianceStats:

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from hf_varinit.arch import check_config_sizes, parse_layer_key
+from hf_varinit.arch.config import check_config_sizes
+from hf_varinit.arch.keys import parse_layer_key
 from hf_varinit.errors import ConfigError, StatsError, shown
 from hf_varinit.io_utils import JsonChecker
 

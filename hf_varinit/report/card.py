@@ -1,7 +1,8 @@
 """The model card (``README.md``) of a variance report: plain data rendered into ``card_template.md``.
 
 The card is a `huggingface_hub.ModelCard` built with ``ModelCard.from_template``; its YAML metadata is a
-`ModelCardData`, and every table goes through `hf_varinit.report.tables.markdown_table`.
+`ModelCardData`, and every table goes through `hf_varinit.report.tables.markdown_table`. The analyses (the
+steady state, the depth dynamics, the run's `RunRecipe`) return data; this module is where they become markdown.
 """
 
 from __future__ import annotations
@@ -12,21 +13,15 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from hf_varinit.record.recipe import RunRecipe
 from hf_varinit.record.stats_file import VarianceStats
-from hf_varinit.report.dynamics import ALPHA, MIN_RECORDS, NOISE_K, QKV, depth_dynamics, depth_statistic
-from hf_varinit.report.options import DEFAULT_LICENSE
+from hf_varinit.report.dynamics import DepthDynamics, depth_dynamics
+from hf_varinit.report.options import DEFAULT_LICENSE, AnalysisOptions
 from hf_varinit.report.plots import display_roles, plot_files, role_keys
-from hf_varinit.report.steady_state import (
-    AnalysisOptions,
-    KeyAnalysis,
-    is_snapshot,
-    layer_equilibration,
-    record_schedule,
-)
+from hf_varinit.report.steady_state import KeyAnalysis, is_snapshot
 from hf_varinit.report.tables import format_cell, markdown_table
-from hf_varinit.report.transfer import recipe_of
 
-__all__ = ["CARD_TEMPLATE", "DEFAULT_LICENSE", "build_card", "card_data", "layer_table"]
+__all__ = ["CARD_TEMPLATE", "build_card", "card_data", "dynamics_table", "layer_table", "recipe_rows"]
 
 CARD_TEMPLATE = Path(__file__).with_name("card_template.md")
 _ROLE_TITLES = {"q": "Q", "k": "K", "v": "V"}
@@ -97,8 +92,17 @@ def card_data(
     )
 
 
+def recipe_rows(recipe: RunRecipe) -> list[tuple[str, str]]:
+    """The card's rows of the training recipe, each field the record does not give shown as ``unknown``."""
+    r = recipe
+    rows = [("optimizer", r.optimizer), ("learning rate", r.lr), ("lr schedule", r.schedule_text()),
+            ("training steps", r.max_steps), ("weight decay", r.weight_decay), ("momentum", r.momentum),
+            ("batch size", r.batch_size)]
+    return [(name, "unknown" if value is None else format_cell(value)) for name, value in rows]
+
+
 def _run_table(model_type: str, n_layer: int | None, rule: str | None, metadata: dict, datasets: Sequence[str],
-               stats: VarianceStats | None) -> str:
+               stats: VarianceStats | None, recipe: RunRecipe) -> str:
     m = metadata
     snapshot = is_snapshot(m)
     data = m.get("dataset") if isinstance(m.get("dataset"), str) else None
@@ -113,17 +117,14 @@ def _run_table(model_type: str, n_layer: int | None, rule: str | None, metadata:
     else:
         steps = (f"{len(stats)} records, steps {int(stats.step[0])}–{int(stats.step[-1])}"
                  if stats is not None and len(stats) else None)
-        rows = [("model type", model_type), ("layers", n_layer), ("init rule", rule),
-                ("optimizer", m.get("optimizer")), ("learning rate", m.get("lr")),
-                ("lr schedule", (recipe_of(m) or {}).get("lr_schedule")), ("warmup steps", m.get("warmup_steps")),
-                ("lr schedule", _schedule_text(m)), ("batch size", m.get("batch_size")),
-                ("mixed precision", m.get("mixed_precision")),
-                ("steps", steps), ("seed", m.get("seed")), ("dataset", data),
-                ("measured from", m.get("source")), ("versions", versions)]
+        rows = [("model type", model_type), ("layers", n_layer), ("init rule", rule), *recipe_rows(recipe),
+                ("mixed precision", m.get("mixed_precision")), ("steps", steps), ("seed", m.get("seed")),
+                ("dataset", data), ("measured from", m.get("source")), ("versions", versions)]
     return markdown_table([{"name": k, "value": v} for k, v in rows], ["name", "value"], ["", ""], cell=_fmt)
 
 
-def _caveats(options: AnalysisOptions, metadata: dict, tensors: dict[str, KeyAnalysis]) -> list[str]:
+def _caveats(options: AnalysisOptions, metadata: dict, tensors: dict[str, KeyAnalysis], recipe: RunRecipe
+             ) -> list[str]:
     o, m = options, metadata
     if is_snapshot(m):
         return [
@@ -134,7 +135,8 @@ def _caveats(options: AnalysisOptions, metadata: dict, tensors: dict[str, KeyAna
         ]
     items = [
         f"V(W) depends on the optimizer and learning rate it was measured under (here: "
-        f"{_fmt(m.get('optimizer'))}, lr {_fmt(m.get('lr'))}). The s0² = V(W) condition is derived for SGD; "
+        f"{recipe.optimizer or 'optimizer unknown'}, lr {'unknown' if recipe.lr is None else _fmt(recipe.lr)}). "
+        "The s0² = V(W) condition is derived for SGD; "
         "with adaptive optimizers treat it as an empirical target.",
         f"V(W) is the mean of `{o.stat}` over the trailing window (the last max({o.min_window}, "
         f"⌈{o.window_fraction:g}·S⌉) records); a tensor is stationary when the fitted trend changes it by "
@@ -155,20 +157,13 @@ def _caveats(options: AnalysisOptions, metadata: dict, tensors: dict[str, KeyAna
     return items
 
 
-def _schedule_text(metadata: dict) -> str | None:
-    s = record_schedule(metadata)
-    if s is None:
-        return None
-    after = "cosine decay to 0 at" if s["lr_schedule"] == "cosine" else "constant to"
-    return f"{s['warmup_steps']} warmup steps, then {after} step {s['max_steps']}"
-
-
 def _lr_caveat(options: AnalysisOptions, tensors: dict[str, KeyAnalysis]) -> str:
     """How the stationarity test took the lr schedule into account, with the window's share of the lr budget."""
     window = next((a for a in tensors.values() if a.window_lr_fraction is not None), None)
     if window is None:
-        return ("The stationarity test did not use the lr schedule (the record does not give the lr, warmup_steps and "
-                "max_steps of `hf-varinit pretrain`): it cannot tell a plateau from a decayed learning rate.")
+        return ("The stationarity test did not use the lr schedule, which the record does not give whole (its lr, "
+                "lr schedule, warmup steps and training steps, as `hf-varinit pretrain` records them): it cannot tell "
+                "a plateau from a decayed learning rate.")
     return (f"Schedule-aware: a tensor is called stationary only when the window's mean lr is at least "
             f"{options.min_lr_fraction:g} of the peak lr. The trailing window (steps {window.window[0]}–"
             f"{window.window[1]}) got {100 * window.window_lr_share:.3g}% of the run's lr budget, at a mean lr of "
@@ -176,16 +171,22 @@ def _lr_caveat(options: AnalysisOptions, tensors: dict[str, KeyAnalysis]) -> str
             "variance against the lr budget).")
 
 
-def _dynamics_table(tensors: dict[str, KeyAnalysis], metadata: dict, stats: VarianceStats | None) -> str:
-    if stats is None or is_snapshot(metadata):
-        return ""
-    dynamics = depth_dynamics(stats, equilibration=layer_equilibration(tensors, roles=QKV))
-    if dynamics is None:
-        return ""
-    statistic = depth_statistic(stats)
-    if statistic is None:
-        return dynamics.to_markdown()
-    return f"{dynamics.to_markdown()}\n\n### Pre-registered depth statistic (Q/K/V only)\n\n{statistic.to_markdown()}"
+def dynamics_table(dynamics: DepthDynamics) -> str:
+    """The depth-dynamics section's body: the equilibration step per layer and role, and how many have one."""
+    titles = [_ROLE_TITLES.get(r, r) for r in dynamics.roles]
+    rows = [{"layer": d.layer, **d.steps, "latest": d.latest} for d in dynamics.layers]
+    headers = ["layer", *(f"equilibration step {t}" for t in titles), f"layer (latest of {'/'.join(titles)})"]
+    table = markdown_table(rows, ["layer", *dynamics.roles, "latest"], headers)
+    n, total = dynamics.equilibrated, dynamics.tensors
+    if n == 0:  # a table of dashes says nothing
+        return (f"None of the {total} {'/'.join(titles)} tensors has an equilibration step: none is stationary, or "
+                "each ended outside the band (see the caveats), so no layer is called equilibrated.")
+    if n == total:
+        count = f"Every one of the {total} {'/'.join(titles)} tensors equilibrated."
+    else:
+        count = (f"{n} of the {total} {'/'.join(titles)} tensors equilibrated; the other {total - n} (—) are not "
+                 "stationary, or ended outside the band (see the caveats).")
+    return f"{table}\n\n{count}"
 
 
 def _intro(metadata: dict) -> str:
@@ -204,6 +205,7 @@ def build_card(
     n_layer: int | None = None, rule: str | None = None, metadata: dict | None = None,
     datasets: Sequence[str] = (), stats: VarianceStats | None = None, title: str | None = None,
     extra_sections: Sequence[str] = (), license: str | None = None, base_model: str | None = None,
+    recipe: RunRecipe | None = None,
 ) -> ModelCard:
     """Render the model card of a variance report.
 
@@ -218,26 +220,29 @@ def build_card(
             trajectory.
         datasets (`Sequence[str]`): hub ids of the training datasets (the card's ``datasets``).
         stats (`VarianceStats`, *optional*): the record; adds the step range, the variance curves and the
-            depth dynamics.
+            depth dynamics (the equilibration step per layer of Q, K and V).
         title (`str`, *optional*): the card's heading (default: "Variance report: <model_type>, <n> layers").
         extra_sections (`Sequence[str]`): markdown sections appended after the caveats (e.g. a calibration).
         license (`str`, *optional*): the card's license (default ``apache-2.0``).
         base_model (`str`, *optional*): the hub model id a snapshot report was made from.
+        recipe (`RunRecipe`, *optional*): how the run was trained (default: read from ``metadata``).
 
     Returns:
         `huggingface_hub.ModelCard`.
     """
     metadata = metadata or {}
     snapshot = is_snapshot(metadata)
+    recipe = recipe if recipe is not None else RunRecipe.from_metadata(metadata)
+    dynamics = None if snapshot else depth_dynamics(tensors)
     title = title or f"Variance report: {model_type}" + (f", {n_layer} layers" if n_layer is not None else "")
     data = card_data(model_type=model_type, n_layer=n_layer, rule=rule, datasets=datasets,
                      source=metadata.get("source"), license=license, base_model=base_model)
     return ModelCard.from_template(
         data, template_path=str(CARD_TEMPLATE), title=title, reference=reference, intro=_intro(metadata),
         spec=f"optimal:report={reference}", snapshot=snapshot,
-        run_table=_run_table(model_type, n_layer, rule, metadata, datasets, stats),
+        run_table=_run_table(model_type, n_layer, rule, metadata, datasets, stats, recipe),
         layer_table=layer_table(tensors, snapshot=snapshot), other_table=_other_table(tensors, snapshot),
-        plots=plot_files(stats, snapshot), dynamics_table=_dynamics_table(tensors, metadata, stats),
-        min_records=MIN_RECORDS, noise_k=NOISE_K, alpha=ALPHA,
-        caveats=_caveats(options, metadata, tensors), extra_sections=[s.strip("\n") for s in extra_sections],
+        plots=plot_files(stats, snapshot), band=options.band,
+        dynamics_table="" if dynamics is None else dynamics_table(dynamics),
+        caveats=_caveats(options, metadata, tensors, recipe), extra_sections=[s.strip("\n") for s in extra_sections],
     )

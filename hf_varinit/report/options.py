@@ -15,7 +15,7 @@ DEFAULT_LICENSE = "apache-2.0"  # the package's own license, for reports that do
 
 @dataclasses.dataclass(frozen=True)
 class AnalysisOptions:
-    """Tolerances of the steady-state analysis (see the module docstring for the definitions)."""
+    """Tolerances of the steady-state analysis (definitions in `hf_varinit.report.steady_state`)."""
 
     window_fraction: float = dataclasses.field(
         default=0.25, metadata={"help": "trailing window as a fraction of the records"})

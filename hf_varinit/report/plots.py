@@ -7,8 +7,8 @@ analyses (`KeyAnalysis`), the record (`VarianceStats`) and the equilibration ban
   the updates before each record, `steady_state.cumulative_lr`). A curve that is a straight line here rose with
   the lr budget, so a flat end against step under a decayed lr is the schedule, not an equilibrium. Only for
   records that give their lr schedule.
-* ``equilibration.png``: equilibration step vs depth, one line per role; with the record, dashed lines add the
-  amplitude-normalised settle step of `hf_varinit.report.dynamics` (defined under a decayed lr too).
+* ``equilibration.png``: the equilibration step (the headline settling definition, `steady_state`) vs depth, one
+  line per role.
 * ``steady_state_vs_depth.png``: V(W) vs depth per role, the init variance as dashed lines; tensors
   that are not stationary are drawn as hollow markers.
 
@@ -28,7 +28,6 @@ import numpy as np
 
 from hf_varinit.io_utils import atomic_path
 from hf_varinit.record.stats_file import VarianceStats
-from hf_varinit.report.dynamics import SETTLE_BAND, settle_step
 from hf_varinit.report.steady_state import KeyAnalysis, cumulative_lr
 
 __all__ = ["CUMULATIVE_LR_PLOT", "PLOT_FILES", "display_roles", "plot_files", "plot_seed_bands", "role_keys",
@@ -94,7 +93,7 @@ def plot_variance_curves(tensors: dict[str, KeyAnalysis], stats: VarianceStats |
 
     if stats is None or len(stats) == 0:
         return None
-    x = stats.step if against == "step" else cumulative_lr(stats.metadata, stats.step)
+    x = stats.step if against == "step" else cumulative_lr(stats.recipe, stats.step)
     if x is None:
         return None
     roles = display_roles(tensors)
@@ -139,13 +138,9 @@ def plot_seed_bands(curves: dict[str, list[tuple[Any, Any]]], xlabel: str, title
     return _save(fig, path)
 
 
-def plot_equilibration(tensors: dict[str, KeyAnalysis], band: float, path: Path,
-                       stats: VarianceStats | None = None) -> Path:
-    """``equilibration.png``: equilibration step vs depth, one line per role (``band``: the relative band used).
-
-    With the record, dashed lines add each tensor's settle step (`dynamics.settle_step`: the band relative to the
-    tensor's own total move, defined for stationary and non-stationary tensors alike).
-    """
+def plot_equilibration(tensors: dict[str, KeyAnalysis], band: float, path: Path) -> Path:
+    """``equilibration.png``: equilibration step vs depth, one line per role (``band``: the relative band used);
+    a tensor without one (not stationary, or outside the band at the end) is counted in the title."""
     fig, (ax,) = _figure(1, width=5.5)
     never = 0
     for i, role in enumerate(display_roles(tensors)):
@@ -155,11 +150,6 @@ def plot_equilibration(tensors: dict[str, KeyAnalysis], band: float, path: Path,
         label = _ROLE_TITLES.get(role, role)
         if pts:
             ax.plot([d for d, _ in pts], [s for _, s in pts], color=f"C{i % 10}", marker="o", label=label)
-        if stats is not None and len(stats):
-            settle = [(d, settle_step(stats.step, stats.series(k, "var"))) for d, k in role_keys(tensors, role)]
-            settle = [(d, s) for d, s in settle if s is not None]
-            ax.plot([d for d, _ in settle], [s for _, s in settle], color=f"C{i % 10}", ls="--", marker="x",
-                    label=f"{label} settle step (±{SETTLE_BAND:g} of own move)")
     title = f"Equilibration step (band ±{band:g} of level)"
     ax.set_title(title + (f"; {never} none (not stationary or outside the band)" if never else ""),
                  fontsize="small")
@@ -177,7 +167,7 @@ def plot_files(stats: VarianceStats | None, snapshot: bool = False) -> list[str]
     if snapshot:
         return [PLOT_FILES[2]]
     names = [name for name in PLOT_FILES if name != PLOT_FILES[0] or (stats is not None and len(stats))]
-    if stats is not None and len(stats) and cumulative_lr(stats.metadata, stats.step) is not None:
+    if stats is not None and len(stats) and cumulative_lr(stats.recipe, stats.step) is not None:
         names.insert(1, CUMULATIVE_LR_PLOT)
     return names
 
@@ -234,7 +224,7 @@ def write_plots(folder: str | Path, tensors: dict[str, KeyAnalysis], stats: Vari
     written = [
         plot_variance_curves(tensors, stats, folder / PLOT_FILES[0]),
         plot_variance_curves(tensors, stats, folder / CUMULATIVE_LR_PLOT, against="cumulative_lr"),
-        plot_equilibration(tensors, band, folder / PLOT_FILES[1], stats),
+        plot_equilibration(tensors, band, folder / PLOT_FILES[1]),
         plot_steady_state(tensors, folder / PLOT_FILES[2]),
     ]
     return [p for p in written if p is not None]

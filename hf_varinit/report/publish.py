@@ -1,5 +1,4 @@
-"""Where a report goes: a local folder (written atomically; an existing one is replaced only on request) and a hub
-model repo.
+"""Where a report goes besides a local folder (`hf_varinit.io_utils.write_folder`): a hub model repo.
 
 Repo ids are checked with `huggingface_hub.utils.validate_repo_id` and offline mode is huggingface_hub's own
 flag (``HF_HUB_OFFLINE=1``), so the rules are the hub's, not a copy of them.
@@ -17,10 +16,9 @@ from huggingface_hub import HfApi, is_offline_mode, snapshot_download
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from hf_varinit.errors import ReportError
-from hf_varinit.io_utils import atomic_folder
 
-__all__ = ["check_dataset_ids", "check_destination", "check_repo_id", "download_folder", "hub_dataset_ids",
-           "hub_offline", "is_repo_id", "push_folder", "push_written", "save_folder"]
+__all__ = ["check_dataset_ids", "check_repo_id", "download_folder", "hub_dataset_ids", "hub_offline", "is_repo_id",
+           "push_folder", "push_written"]
 
 
 def hub_offline() -> bool:
@@ -41,47 +39,6 @@ def check_repo_id(repo_id: str) -> str:
     except HFValidationError as exc:
         raise ReportError(f"{repo_id!r} is not a hub repo id ('name' or 'namespace/name'): {exc}") from None
     return repo_id
-
-
-def check_destination(folder: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """``folder`` as a `Path` if a report may be written there: it is absent or empty, or ``overwrite`` is set.
-
-    Raises:
-        ReportError: ``folder`` is a file, or a non-empty folder without ``overwrite`` (naming the flag).
-    """
-    dest = Path(folder)
-    if dest.exists() and not dest.is_dir():
-        raise ReportError(f"{dest} exists and is not a folder; choose a folder for the report")
-    if dest.is_dir() and any(dest.iterdir()) and not overwrite:
-        raise ReportError(f"{dest} already exists; pass --overwrite (overwrite=True in Python) to replace it "
-                          "whole, or choose another folder")
-    return dest
-
-
-def save_folder(folder: str | os.PathLike[str], write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
-    """Write a report folder atomically: ``write(tmp)`` fills a staging folder that then becomes ``folder``.
-
-    A new folder appears whole. An existing, non-empty one is replaced whole (none of its old files stay) only
-    with ``overwrite=True``; otherwise nothing is written. If ``write`` raises, nothing is left behind and an
-    existing folder is untouched. Folders get mode 0o777 and files 0o666, less the umask.
-
-    Args:
-        folder (`str` or `os.PathLike`): the destination folder.
-        write (`Callable[[Path], None]`): writes the report's files into the folder it is given.
-        overwrite (`bool`): replace an existing folder.
-
-    Raises:
-        ReportError: ``folder`` is a file, or an existing non-empty folder without ``overwrite``.
-    """
-    if not isinstance(folder, (str, os.PathLike)):
-        raise ReportError(f"folder={folder!r} is not a path; give the report folder as a str or Path")
-    try:
-        dest = check_destination(folder, overwrite=overwrite)
-        with atomic_folder(dest) as tmp:
-            write(tmp)
-    except OSError as exc:  # a parent that is a file, no permission, a full disk... (the staging folder is gone)
-        raise ReportError(f"cannot write the report folder {folder}: {exc.strerror or exc}") from exc
-    return dest
 
 
 def push_folder(

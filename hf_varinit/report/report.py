@@ -22,11 +22,15 @@ from typing import Any
 from huggingface_hub import ModelCard
 
 from hf_varinit.errors import ReportError, StatsError
-from hf_varinit.io_utils import atomic_write_json, atomic_write_text, json_safe
+from hf_varinit.init.table import VarianceTable
+from hf_varinit.init.transfer import TransferFit
+from hf_varinit.io_utils import atomic_write_json, atomic_write_text, json_safe, write_folder
+from hf_varinit.record.recipe import RunRecipe
 from hf_varinit.record.stats_file import STATS_FILENAME, VarianceStats, load_stats, save_stats
 from hf_varinit.reference_reports import bundled_report
 from hf_varinit.report import plots, steady_state
-from hf_varinit.report.card import DEFAULT_LICENSE, build_card, layer_table
+from hf_varinit.report.card import build_card, layer_table
+from hf_varinit.report.options import DEFAULT_LICENSE, AnalysisOptions
 from hf_varinit.report.publish import (
     check_dataset_ids,
     download_folder,
@@ -34,13 +38,12 @@ from hf_varinit.report.publish import (
     is_repo_id,
     push_folder,
     push_written,
-    save_folder,
 )
 from hf_varinit.report.schema import STEADY_FILENAME, STEADY_FORMAT, STEADY_VERSION, validate_steady_state
-from hf_varinit.report.steady_state import AnalysisOptions, KeyAnalysis, analyze, analyze_series
-from hf_varinit.report.transfer import RECIPE_KEYS, TransferFit, recipe_of, transfer_section
+from hf_varinit.report.steady_state import KeyAnalysis, analyze
+from hf_varinit.report.transfer import transfer_section
 
-__all__ = ["AnalysisOptions", "KeyAnalysis", "VarianceReport", "analyze", "analyze_series"]
+__all__ = ["VarianceReport"]
 
 CARD_FILENAME = "README.md"
 CONFIG_FILENAME = "config.json"
@@ -193,15 +196,22 @@ class VarianceReport:
         return {k: float(a.v_w) for k, a in self.tensors.items()  # a snapshot's tensors are not judged (None)
                 if a.v_w is not None and (a.stationary is not False or nonstationary == "last")}
 
+    def variance_table(self, nonstationary: str = "last") -> VarianceTable:
+        """What the optimal rule reads of this report: `variances` with the measured model's description."""
+        return VarianceTable(self.variances(nonstationary), self.origin or self.source_description,
+                             model_type=self.model_type, config=self.config, n_layer=self.n_layer,
+                             transfer=self.transfer, recipe=self.recipe, keys=frozenset(self.tensors))
+
     @property
     def layers(self) -> dict[int, int | None]:
         """``{layer: equilibration step}`` (the latest over the layer's tensors)."""
         return steady_state.layer_equilibration(self.tensors)
 
     @property
-    def recipe(self) -> dict[str, Any] | None:
-        """The optimizer, lr, lr_schedule and warmup_steps V(W) was measured under (None: unknown, a snapshot)."""
-        return recipe_of({**(self.stats.metadata if self.stats is not None else {}), **self.metadata})
+    def recipe(self) -> RunRecipe:
+        """How the run V(W) was measured on was trained; a field the record does not give is None (unknown), and
+        every field is for a snapshot of weights."""
+        return RunRecipe.from_metadata({**(self.stats.metadata if self.stats is not None else {}), **self.metadata})
 
     @property
     def nonstationary_keys(self) -> list[str]:
@@ -243,7 +253,7 @@ class VarianceReport:
             self.tensors, reference=reference, options=self.options, model_type=self.model_type,
             n_layer=self.n_layer, rule=self.rule, metadata=self.metadata, datasets=self.datasets, stats=self.stats,
             title=self.title, extra_sections=[*transfer_section(self.transfer), *extra_sections],
-            license=self.license, base_model=self.base_model,
+            license=self.license, base_model=self.base_model, recipe=self.recipe,
         )
 
     def to_steady_state(self) -> dict:
@@ -259,7 +269,7 @@ class VarianceReport:
             "tensors": {k: a.to_dict() for k, a in self.tensors.items()},
             "layers": {} if self.is_snapshot else {
                 str(layer): {"equilibration_step": s} for layer, s in self.layers.items()},
-            "recipe": self.recipe, **({"transfer": self.transfer.to_dict()} if self.transfer else {}),
+            "recipe": self.recipe.to_dict(), **({"transfer": self.transfer.to_dict()} if self.transfer else {}),
         }
 
     # --- writing ------------------------------------------------------------------------------
@@ -288,8 +298,8 @@ class VarianceReport:
             list(extra_sections) if isinstance(extra_sections, (list, tuple)) else extra_sections)
         if not isinstance(extra_sections, list) or not all(isinstance(x, str) for x in extra_sections):
             raise ReportError(f"extra_sections={extra_sections!r} must be a list of markdown strings")
-        return save_folder(folder, lambda tmp: self._write_files(tmp, reference, extra_sections),
-                           overwrite=overwrite)
+        return write_folder(folder, {"": lambda tmp: self._write_files(tmp, reference, extra_sections)},
+                            overwrite=overwrite)
 
     def _write_files(self, folder: Path, reference: str, extra_sections: Sequence[str] = ()) -> None:
         if self.stats is not None:
@@ -383,8 +393,8 @@ def _parse_steady_state(doc: Any) -> dict[str, Any]:
     metadata = {name: doc[field] for name, field in (("source", "source"), ("dataset", "dataset_description"),
                                                    ("checkpoint", "checkpoint"), ("hub_id", "base_model"))
                 if isinstance(doc.get(field), str) and doc[field]}
-    recipe = doc.get("recipe") if isinstance(doc.get("recipe"), dict) else {}
-    metadata.update({k: recipe[k] for k in RECIPE_KEYS if recipe.get(k) is not None})
+    stored = doc.get("recipe") if isinstance(doc.get("recipe"), dict) else {}  # the fields as written, none inferred
+    metadata.update({k: v for k, v in (RunRecipe.from_dict(stored).to_dict() or {}).items() if k in stored})
     return dict(
         tensors=tensors, options=AnalysisOptions.from_dict(doc.get("options") or {}),
         model_type=_opt(doc, "model_type", (str,)), n_layer=_opt(doc, "n_layer", (int,)), config=config,

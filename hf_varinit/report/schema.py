@@ -15,13 +15,17 @@ Document (``format = "hf_varinit.steady_state"``, ``format_version = 1``)::
                     window: [int, int]|null, spread, drift, band, init_var, ratio, window_lr_share,
                     window_lr_fraction: number|null, equilibration_step: int|null, reason: str|null}}  (non-empty)
     layers: {"<int>": {equilibration_step: int|null}} | null
+    recipe: {optimizer, lr_schedule: str|null, lr, weight_decay, momentum: number|null,
+             warmup_steps, max_steps, batch_size: int >= 0|null} | null   (`RunRecipe.to_dict`; a file written
+             before it has optimizer, lr, lr_schedule and warmup_steps, and the others are unknown)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hf_varinit.arch import check_config_sizes, parse_layer_key
+from hf_varinit.arch.config import check_config_sizes
+from hf_varinit.arch.keys import parse_layer_key
 from hf_varinit.errors import ConfigError, ReportError, shown
 from hf_varinit.io_utils import JsonChecker
 
@@ -39,6 +43,8 @@ TOP_LEVEL = {"model_type": "str", "n_layer": "count", "config": "object", "rule"
 TENSOR = {"role": "str", "layer": "index", "stationary": "bool", "v_w": "number", "window": "window",
           "spread": "number", "drift": "number", "equilibration_step": "int", "band": "number", "init_var": "number",
           "ratio": "number", "reason": "str", "window_lr_share": "number", "window_lr_fraction": "number"}
+RECIPE = {"optimizer": "str", "lr": "number", "lr_schedule": "str", "warmup_steps": "index", "max_steps": "index",
+          "weight_decay": "number", "momentum": "number", "batch_size": "index"}
 TRANSFER = {"widths": "count", "depths": "count", "sources": "str"}  # lists of these
 
 
@@ -67,6 +73,8 @@ def validate_steady_state(doc: Any, where: str = STEADY_FILENAME) -> None:
     except ConfigError as exc:  # names the field (config field n_embd='abc' ...)
         raise ReportError(f"{where}: {exc}") from None
     _check_tensors(check, doc.get("tensors"))
+    if doc.get("recipe") is not None:
+        check.fields(doc["recipe"], RECIPE, prefix="recipe.")
     for layer, entry in (doc.get("layers") or {}).items():
         if not layer.isdigit() or not layer.isascii():
             check.fail(f"layers[{shown(layer)}]", layer, "a layer index (a string of digits such as '0')")

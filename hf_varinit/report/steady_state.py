@@ -19,17 +19,18 @@ Definitions (tolerances are fields of :class:`AnalysisOptions`):
   the series is not stationary. Of a layer: the max over the layer's tensors (``None`` if any is None).
 * **Ratio**: ``v_w / init_var``; ``init_var = init_std**2`` from the tracked metadata when known, else
   the first recorded value of ``options.stat``.
-* **Schedule-aware stationarity**: for a record of ``hf-varinit pretrain`` (metadata ``source == "training"``
-  with ``lr``, ``warmup_steps`` and ``max_steps``; ``lr_schedule`` ``"cosine"`` or ``"constant"``, absent =
-  ``"cosine"``, as before that key was written) the learning rate of every update is known exactly
+* **Schedule-aware stationarity**: when the record's recipe (`hf_varinit.record.recipe.RunRecipe`) gives its
+  whole lr schedule (``lr``, ``lr_schedule`` ``"cosine"`` or ``"constant"``, ``warmup_steps`` and ``max_steps``:
+  the records of ``hf-varinit pretrain``; see `known_schedule`) the learning rate of every update is known exactly
   (`learning_rates`, transformers' `get_scheduler`, as the loop builds it). The window's **lr share** is the lr
   summed over the updates inside the window divided by the lr summed over the whole record, and its **lr
   fraction** the mean lr inside the window divided by the peak lr. A window whose lr fraction is below
   ``min_lr_fraction`` is **not stationary** whatever its drift: under a decayed lr a flat curve cannot be told
-  from "lr ~ 0" (variance that rises linearly in cumulative lr looks flat once the lr has decayed). Records
-  without that metadata (MLP studies, Trainer callbacks, snapshots) keep the drift test alone, and their
-  lr share and fraction are None. A run continued to a larger ``max_steps`` rebuilt its schedule: its lr
-  before the continuation is then approximate.
+  from "lr ~ 0" (variance that rises linearly in cumulative lr looks flat once the lr has decayed).
+* **Unknown schedule**: a record whose recipe leaves any of those unknown (MLP studies, Trainer callbacks,
+  snapshots) keeps the drift test alone, so its stationarity cannot tell a plateau from a decayed lr; its lr
+  share and fraction are None, which is how the card knows to say so. A run continued to a larger ``max_steps``
+  rebuilt its schedule: its lr before the continuation is then approximate.
 * **Snapshots**: a record made from a set of weights (metadata ``source == "checkpoint"``, see
   `hf_varinit.record.from_checkpoint`) has one record. Its ``v_w`` is that snapshot's second moment, and
   nothing is judged: ``stationary`` is None (not judged), no window, drift, spread or equilibration step.
@@ -46,11 +47,12 @@ import numpy as np
 import torch
 from transformers import get_scheduler
 
+from hf_varinit.record.recipe import RunRecipe
 from hf_varinit.record.stats_file import VarianceStats
 from hf_varinit.report.options import AnalysisOptions
 
-__all__ = ["SCHEDULER_NAMES", "AnalysisOptions", "KeyAnalysis", "analyze", "analyze_series", "cumulative_lr",
-           "is_snapshot", "layer_equilibration", "learning_rates", "record_schedule"]
+__all__ = ["SCHEDULER_NAMES", "KeyAnalysis", "analyze", "analyze_series", "cumulative_lr", "is_snapshot",
+           "known_schedule", "layer_equilibration", "learning_rates"]
 
 # hf-varinit pretrain's --lr-schedule -> transformers.get_scheduler name (both after a linear warmup)
 SCHEDULER_NAMES = {"cosine": "cosine", "constant": "constant_with_warmup"}
@@ -158,7 +160,8 @@ def analyze(stats: VarianceStats, options: AnalysisOptions | None = None) -> dic
     opts = options or AnalysisOptions()
     result: dict[str, KeyAnalysis] = {}
     snapshot = is_snapshot(stats.metadata)
-    lr = None if snapshot or not len(stats) else learning_rates(stats.metadata)  # the whole schedule: its peak
+    # the whole schedule (for its peak); None when the recipe does not give it: the drift test alone
+    lr = None if snapshot or not len(stats) else learning_rates(stats.recipe)
     if lr is not None and int(stats.step[-1]) > lr.size:  # a record past max_steps: not this schedule
         lr = None
     for j, info in enumerate(stats.tracked):
@@ -192,51 +195,44 @@ def _window_lr(lr: np.ndarray, first: int, start: int, end: int) -> dict[str, fl
     return {"window_lr_share": float(inside / total), "window_lr_fraction": float(inside / (end - start) / peak)}
 
 
-def record_schedule(metadata: dict) -> dict[str, Any] | None:
-    """``{"lr_schedule", "lr", "warmup_steps", "max_steps"}`` of an ``hf-varinit pretrain`` record, or None when
-    the metadata does not give the schedule (MLP and Trainer records, snapshots, an unknown ``lr_schedule``).
-
-    A record made before ``lr_schedule`` was written has a cosine schedule (the only one then).
-    """
-    m = metadata
-    schedule = m.get("lr_schedule", "cosine")
-    lr, warmup, max_steps = m.get("lr"), m.get("warmup_steps"), m.get("max_steps")
-    if (m.get("source") != "training" or schedule not in SCHEDULER_NAMES
-            or not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0)
-            or not (type(warmup) is int and warmup >= 0) or not (type(max_steps) is int and max_steps > 0)):
-        return None
-    return {"lr_schedule": schedule, "lr": float(lr), "warmup_steps": warmup, "max_steps": max_steps}
+def known_schedule(recipe: RunRecipe) -> bool:
+    """Whether ``recipe`` gives the lr of every update: an lr > 0, an ``lr_schedule`` of ``SCHEDULER_NAMES``,
+    ``warmup_steps`` and ``max_steps`` > 0 (the records of ``hf-varinit pretrain``). Any of them unknown: False."""
+    r = recipe
+    return (r.lr_schedule in SCHEDULER_NAMES and r.lr is not None and r.lr > 0 and r.warmup_steps is not None
+            and r.max_steps is not None and r.max_steps > 0)
 
 
-def learning_rates(metadata: dict, last_step: int | None = None) -> np.ndarray | None:
-    """The learning rate of every update of an ``hf-varinit pretrain`` run: ``lr[i]`` took step ``i`` to ``i + 1``.
+def learning_rates(recipe: RunRecipe, last_step: int | None = None) -> np.ndarray | None:
+    """The learning rate of every update of a run: ``lr[i]`` took step ``i`` to ``i + 1``.
 
     Computed with transformers' `get_scheduler` on a throwaway optimizer, exactly as the training loop builds
-    its scheduler (``SCHEDULER_NAMES``). None when `record_schedule` is None or ``last_step`` lies past
-    ``max_steps``.
+    its scheduler (``SCHEDULER_NAMES``). None when the schedule is unknown (`known_schedule`) or ``last_step``
+    lies past ``max_steps``.
 
     Args:
-        metadata (`dict`): the record's metadata.
+        recipe (`RunRecipe`): the run's recipe (`VarianceStats.recipe`).
         last_step (`int`, *optional*): return the updates up to this step (default ``max_steps``).
     """
-    s = record_schedule(metadata)
-    n = s["max_steps"] if s is not None and last_step is None else last_step
-    if s is None or n is None or not 0 <= n <= s["max_steps"]:
+    if not known_schedule(recipe):
         return None
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=s["lr"])
-    scheduler = get_scheduler(SCHEDULER_NAMES[s["lr_schedule"]], optimizer, num_warmup_steps=s["warmup_steps"],
-                              num_training_steps=s["max_steps"])
+    n = recipe.max_steps if last_step is None else last_step
+    if not 0 <= n <= recipe.max_steps:
+        return None
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=recipe.lr)
+    scheduler = get_scheduler(SCHEDULER_NAMES[recipe.lr_schedule], optimizer, num_warmup_steps=recipe.warmup_steps,
+                              num_training_steps=recipe.max_steps)
     multiplier = scheduler.lr_lambdas[0]
-    return np.array([s["lr"] * multiplier(i) for i in range(n)], dtype=np.float64)
+    return np.array([recipe.lr * multiplier(i) for i in range(n)], dtype=np.float64)
 
 
-def cumulative_lr(metadata: dict, steps: np.ndarray) -> np.ndarray | None:
+def cumulative_lr(recipe: RunRecipe, steps: np.ndarray) -> np.ndarray | None:
     """The lr summed over the updates before each recorded step (``sum(lr[:step])``); None when the schedule is
     unknown (see `learning_rates`)."""
     steps = np.asarray(steps, dtype=np.int64)
     if steps.size == 0 or steps.min() < 0:
         return None
-    lr = learning_rates(metadata, last_step=int(steps.max()))
+    lr = learning_rates(recipe, last_step=int(steps.max()))
     if lr is None:
         return None
     return np.concatenate([[0.0], np.cumsum(lr)])[steps]

@@ -29,11 +29,11 @@ from accelerate.utils import (
 from torch.distributed.fsdp import fully_shard
 from torch.utils.data import DataLoader, Sampler
 
-from hf_varinit.arch import build_config
+from hf_varinit.arch.builder import build_config
 from hf_varinit.errors import ConfigError, DataError
 from hf_varinit.train.checkpoint import load_sharded_state, save_sharded_state
 from hf_varinit.train.data import LMData, build_lm_datasets
-from hf_varinit.train.options import ModelOptions, PretrainOptions, TrainingOptions
+from hf_varinit.train.run_config import ModelOptions, PretrainOptions, TrainingOptions
 
 FULLY_SHARD_ENV = "HF_VARINIT_FULLY_SHARD"  # 1: shard with torch's fully_shard (the CPU / gloo FSDP2 path)
 COMPILE_BACKEND_ENV = "HF_VARINIT_COMPILE_BACKEND"  # torch.compile backend of --compile (default: inductor)

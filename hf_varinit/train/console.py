@@ -22,7 +22,7 @@ from pathlib import Path
 import datasets
 from transformers.utils import logging as hf_logging
 
-from hf_varinit.arch import layer_key
+from hf_varinit.arch.keys import layer_key
 from hf_varinit.record.recorder import VarianceRecorder
 
 # logger name -> the message it emits that is silenced while a run is going

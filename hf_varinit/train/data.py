@@ -2,7 +2,7 @@
 
 Offline by default: the corpus is the running interpreter's own standard library. Local text / jsonl
 files and hub datasets and tokenizers work too. (The classification sets of the MLP studies are in
-`hf_varinit.studies.datasets`.)
+the lab's `hf_varinit_lab.datasets`, in experiments/.)
 """
 
 from __future__ import annotations

@@ -45,13 +45,13 @@ from accelerate.utils import extract_model_from_parallel, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from hf_varinit.arch import parse_layer_key
+from hf_varinit.arch.keys import parse_layer_key
 from hf_varinit.errors import ConfigError, NonFiniteLossError
 from hf_varinit.init.patch import from_config
 from hf_varinit.init.rules import get_rule
 from hf_varinit.record.recorder import VarianceRecorder
 from hf_varinit.record.stats_file import library_versions
-from hf_varinit.report.optimal import spec_recipe_note  # (importing it registers the "optimal" rule)
+from hf_varinit.report.next_model import spec_recipe_note
 from hf_varinit.report.steady_state import SCHEDULER_NAMES
 from hf_varinit.train.build import (
     EpochSampler,
@@ -78,7 +78,7 @@ from hf_varinit.train.checkpoint import (
 from hf_varinit.train.console import print_summary, quiet_console, tqdm_disabled_by_env
 from hf_varinit.train.interrupt import StopSignals, continue_command, invoked_command, signal_name
 from hf_varinit.train.metrics import MetricsFile, Throughput, finite_or_none
-from hf_varinit.train.options import PretrainOptions, command_line
+from hf_varinit.train.run_config import PretrainOptions, command_line
 
 METRICS = "metrics.jsonl"
 STATS = "variance.safetensors"
@@ -236,9 +236,10 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
             recorder.save(output_dir, metadata)
             print(f"\n{signal_name(stop.signum)}: statistics in {output_dir / STATS}, checkpoint {saved}")
             print(f"stopped at step {state.step}; continue with: {continue_command(command)}", flush=True)
-        return TrainResult(output_dir, output_dir / STATS, metrics.path, output_dir / "final", state.step,
-                           state.tokens, None, None, state.nonfinite_skips, time.perf_counter() - t0, resumed,
-                           stop.signum)
+        return TrainResult(output_dir=output_dir, stats_path=output_dir / STATS, metrics_path=metrics.path,
+                           final_dir=output_dir / "final", step=state.step, tokens=state.tokens, eval_loss=None,
+                           eval_ppl=None, nonfinite_skips=state.nonfinite_skips, wall_s=time.perf_counter() - t0,
+                           resumed_from=resumed, stopped_by=stop.signum)
     if evaluation is None:  # resumed at the final step: nothing trained, still report the eval
         evaluation = evaluate(accelerator, model, eval_dl, t.eval_batches)
     final_dir = output_dir / "final"
@@ -252,8 +253,11 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
         unwrapped.config.varinit_train_tokens = state.tokens  # the weights' training cost, for a report of them
         save_final(unwrapped, data.tokenizer, final_dir, weights)
     accelerator.wait_for_everyone()
-    result = TrainResult(output_dir, output_dir / STATS, metrics.path, final_dir, state.step, state.tokens,
-                         *evaluation, state.nonfinite_skips, time.perf_counter() - t0, resumed, compile_s=compile_s)
+    eval_loss, eval_ppl = evaluation
+    result = TrainResult(output_dir=output_dir, stats_path=output_dir / STATS, metrics_path=metrics.path,
+                         final_dir=final_dir, step=state.step, tokens=state.tokens, eval_loss=eval_loss,
+                         eval_ppl=eval_ppl, nonfinite_skips=state.nonfinite_skips, wall_s=time.perf_counter() - t0,
+                         resumed_from=resumed, compile_s=compile_s)
     if main:
         print_summary(recorder, result, saved.parent if saved else None)
     return result

@@ -7,42 +7,42 @@ and ``--record-every`` override the YAML. Pilot runs go to a temporary folder re
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import shutil
 import tempfile
 import weakref
 from pathlib import Path
+from typing import Any
 
 from hf_varinit.record.stats_file import load_stats
 from hf_varinit.train.loop import run_pretrain
-from hf_varinit.train.options import parse_options
+from hf_varinit.train.run_config import build_options
 
-# calibrate flag -> pretrain flag (given only when set on the command line)
-_OVERRIDES = {"steps": "--max-steps", "lr": "--lr", "seed": "--seed", "batch_size": "--batch-size",
-              "record_every": "--record-every"}
+# calibrate setting -> pretrain option (given only when set)
+_OVERRIDES = {"steps": "max_steps", "lr": "lr", "seed": "seed", "batch_size": "batch_size",
+              "record_every": "record_every"}
 
 
-def lm_pilot_factory(args: argparse.Namespace):
+def lm_pilot_factory(args: Any):
     """``(build_model, pilot, metadata)`` for `hf_varinit.calibrate.calibrate` from ``args.config``.
 
-    ``build_model(rule)`` returns the rule itself: the training loop builds (and seeds) the model from it.
+    ``args`` holds ``config`` (a pretraining YAML) and optionally the settings of ``_OVERRIDES`` as attributes (the
+    parsed ``hf-varinit calibrate`` flags). ``build_model(rule)`` returns the rule itself: the training loop builds
+    (and seeds) the model from it.
     """
-    argv = ["--config", args.config]
-    for name, flag in _OVERRIDES.items():
-        if getattr(args, name, None) is not None:
-            argv += [flag, str(getattr(args, name))]
+    overrides = {option: getattr(args, name) for name, option in _OVERRIDES.items()
+                 if getattr(args, name, None) is not None}
     workdir = Path(tempfile.mkdtemp(prefix="hf_varinit_calibrate_"))
     rounds = itertools.count()
-    base = parse_options([*argv, "--output-dir", str(workdir / "check")])  # validates the YAML up front
+    base = build_options(args.config, **overrides, output_dir=str(workdir / "check"))  # checks the YAML up front
 
     def build_model(rule):
         return rule
 
     def pilot(rule):
         out = workdir / f"round_{next(rounds)}"
-        options = parse_options([*argv, "--output-dir", str(out), "--checkpoint-every", "none"])
+        options = build_options(args.config, **overrides, output_dir=str(out), checkpoint_every=None)
         options.training.init = rule
         # Ctrl-C stops the whole calibration (a KeyboardInterrupt), not just this round
         return load_stats(run_pretrain(options, handle_signals=False).stats_path)

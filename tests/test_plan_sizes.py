@@ -1,0 +1,92 @@
+"""A report's own architecture at another size: `hf-varinit plan --report R --n-layer N --n-embd D` and
+`hv.from_report(R, n_layer=..., n_embd=..., width_transfer=...)`, through the transfer options."""
+
+import json
+
+import pytest
+
+import hf_varinit as hv
+from hf_varinit.cli.main import main
+
+BUNDLED = "gpt2-12l-tiny-qkv-dynamics"  # 12 layers, n_embd 128, 4 heads, vocab 4096, 128 positions
+
+
+def _plan(capsys, *argv):
+    code = main(["plan", "--report", BUNDLED, "--format", "json", *argv])
+    captured = capsys.readouterr()
+    return code, captured
+
+
+def _rows(captured):
+    return {r["key"]: r for r in json.loads(captured.out) if r["key"]}
+
+
+def test_plan_at_another_depth_needs_the_option_and_names_both_depths(capsys):
+    code, captured = _plan(capsys, "--n-layer", "4")
+    assert code == 1
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "12 layers" in err and "4" in err and "allow-depth-interpolation" in err
+
+
+@pytest.mark.parametrize("option", [["--allow-depth-interpolation"],
+                                    ["--rule", f"optimal:report={BUNDLED},allow-depth-interpolation"]])
+def test_plan_at_another_depth_with_the_option_maps_by_relative_depth(capsys, option):
+    code, captured = _plan(capsys, "--n-layer", "4", *option)
+    assert code == 0, captured.err
+    rows = _rows(captured)
+    assert {r["layer"] for r in rows.values() if r["layer"] is not None} == {0, 1, 2, 3}
+    assert "interpolated from layer" in rows["layers.3.q"]["note"]  # the last layer is the report's last layer
+    assert "[transformers]" not in captured.err
+
+
+def test_plan_at_another_width_needs_the_option_and_names_both_widths(capsys):
+    code, captured = _plan(capsys, "--n-embd", "256")
+    assert code == 1
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "128" in err and "256" in err and "width-transfer" in err
+
+
+def test_plan_at_another_width_and_depth_with_fan_in_transfer(capsys):
+    code, same = _plan(capsys)
+    assert code == 0
+    code, captured = _plan(capsys, "--n-embd", "256", "--n-layer", "6", "--width-transfer", "fan-in")
+    assert code == 0, captured.err
+    wide, base = _rows(captured), _rows(same)
+    assert wide["layers.0.q"]["fan_in"] == 256 and wide["layers.0.q"]["fan_out"] == 256  # head dim kept: 8 heads
+    # V(W) scaled by fan_in 128 / 256: the std by 1/sqrt(2); layer 0 maps to the report's layer 0
+    assert wide["layers.0.q"]["std"] == pytest.approx(base["layers.0.q"]["std"] / 2 ** 0.5, rel=1e-6)
+    assert max(r["layer"] for r in wide.values() if r["layer"] is not None) == 5
+
+
+def test_plan_another_size_of_the_reports_family_with_positions(capsys):
+    code = main(["plan", "--model", "gpt2", "--n-layer", "6", "--n-embd", "128", "--n-head", "4", "--vocab-size",
+                 "4096", "--n-positions", "128", "--rule", f"optimal:report={BUNDLED},allow-depth-interpolation"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "bos_token_id" not in captured.err and "eos_token_id" not in captured.err
+
+
+def test_plan_refuses_transfer_flags_without_a_report(capsys):
+    assert main(["plan", "--model", "gpt2", "--width-transfer", "fan-in"]) == 1
+    assert "--width-transfer apply with --report" in capsys.readouterr().err
+
+
+def test_from_report_at_another_width_needs_width_transfer():
+    with pytest.raises(hv.ReportError, match=r"width 128.*256.*width_transfer"):
+        hv.from_report(BUNDLED, n_embd=256, n_head=8)
+
+
+def test_from_report_at_another_width_with_fan_in_transfer():
+    same = hv.init_plan(hv.from_report(BUNDLED, seed=0), f"optimal:report={BUNDLED}")
+    model = hv.from_report(BUNDLED, seed=0, n_embd=256, n_head=8, width_transfer="fan-in")
+    assert model.config.n_embd == 256 and model.config.vocab_size == 4096
+    base_q = next(r.std for r in same if r.key == "layers.0.q")
+    q = model.transformer.h[0].attn.c_attn.weight[:, :256]
+    assert q.std().item() == pytest.approx(base_q / 2 ** 0.5, rel=0.05)  # 65k draws: a few % of sampling noise
+
+
+def test_from_report_takes_the_librarys_size_names_and_refuses_a_bad_transfer():
+    model = hv.from_report(BUNDLED, seed=0, n_layer=4)
+    assert model.config.n_layer == 4
+    with pytest.raises(hv.ConfigError, match="width_transfer='sideways'"):
+        hv.from_report(BUNDLED, n_embd=256, width_transfer="sideways")
