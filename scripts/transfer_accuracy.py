@@ -14,6 +14,17 @@ exist yet (still training) is skipped with a message. Modes, each run through th
 * ``depth from <proxy>``: ``allow-depth-interpolation`` from each shallower proxy of the target's width (of another
   width: ``width-transfer=fan-in`` too).
 
+Baselines, scored the same way: ``copy from <proxy>`` (``width-transfer=copy``: the nearest proxy's V(W) unchanged,
+alpha = 0), ``init variance`` (what the target's own init rule, ``gpt2``, gives each tensor) and, with
+``--replica RUN`` (the target's recipe at another seed), ``replica <run>``: the noise floor, the error of a second
+measurement of the target itself. ``verdicts.md`` says per role whether each width mode beats each baseline by more
+than the floor.
+
+``--rescore model_cards/<card>`` recomputes the summary and verdicts from a committed ``per_tensor.csv`` (runs no
+longer on disk): the copy baseline is rebuilt from the ``fan-in from <proxy>`` rows (V(W) of the proxy = prediction x
+fan_in(target) / fan_in(proxy)) and the init variance from the ``gpt2`` rule (initializer_range 0.02, residual
+projections / 2·n_layer).
+
 The target's measured V(W) is its report's: the window mean when stationary, else its last recorded value (the
 CSV's ``measured_stationary`` column says which). Writes ``README.md`` (per mode and role: median and max
 |log(pred / measured)|, and the exact command) and ``per_tensor.csv`` into ``--output``.
@@ -68,6 +79,9 @@ def predicted(rule: OptimalRule, model) -> dict[str, tuple[float, str]]:
 def modes(target: VarianceReport, proxies: list[Path], depth_proxies: list[Path]) -> dict[str, OptimalRule]:
     width = hidden_size(target.config)
     out = {f"fan-in from {p.name}": OptimalRule(loaded=load(p), width_transfer="fan-in") for p in proxies}
+    if proxies:
+        nearest = max(proxies, key=lambda p: hidden_size(load(p).config) or 0)
+        out[f"copy from {nearest.name}"] = OptimalRule(loaded=load(nearest), width_transfer="copy")
     widths = {hidden_size(load(p).config) for p in proxies}
     if len(widths) >= 2:
         combined = combine_reports([load(p) for p in proxies])
@@ -81,13 +95,19 @@ def modes(target: VarianceReport, proxies: list[Path], depth_proxies: list[Path]
     return out
 
 
-def compare(target: VarianceReport, rules: dict[str, OptimalRule]) -> pd.DataFrame:
+def compare(target: VarianceReport, rules: dict[str, OptimalRule], replica: VarianceReport | None = None
+            ) -> pd.DataFrame:
     with torch.device("meta"):  # shapes only
         model = hv.from_config(report_config(target), "hf")
     measured = target.variances(nonstationary="last")
+    baselines = {"init variance": {r.key: (r.std ** 2, "gpt2 rule") for r in hv.init_plan(model, "gpt2")
+                                   if r.key and r.std}}
+    if replica is not None:
+        baselines[f"replica {Path(replica.origin).name}"] = {k: (v, "a second seed of the target")
+                                                            for k, v in replica.variances(nonstationary="last").items()}
     rows = []
-    for mode, rule in rules.items():
-        for key, (v, note) in predicted(rule, model).items():
+    for mode, table in [*((m, predicted(rule, model)) for m, rule in rules.items()), *baselines.items()]:
+        for key, (v, note) in table.items():
             if key in measured:
                 rows.append({"mode": mode, "key": key, "role": parse_layer_key(key)[1], "predicted": v,
                              "measured": measured[key], "abs_log_error": abs(math.log(v / measured[key])),
@@ -104,22 +124,83 @@ def summary(per_tensor: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["mode", "_order"], kind="stable").drop(columns="_order")
 
 
+def verdicts(table: pd.DataFrame) -> pd.DataFrame:
+    """Per role and width mode (fan-in, fit): its median error % against each baseline (copy, init variance), and
+    whether it is lower by more than the noise floor (the replica's median error % of that role, when measured)."""
+    errors = table.pivot_table(index="role", columns="mode", values="median error %", sort=False)
+    floors = [m for m in errors.columns if m.startswith("replica")]
+    baselines = [m for m in errors.columns if m.startswith("copy") or m == "init variance"]
+    rows = []
+    for mode in (m for m in errors.columns if m.startswith(("fit", "fan-in"))):
+        for role, err in errors[mode].items():
+            floor = errors.loc[role, floors[0]] if floors else math.nan
+            row = {"mode": mode, "role": role, "error %": err, "floor %": floor}
+            for base in baselines:
+                gap, margin = errors.loc[role, base] - err, floor if floors else 0.0
+                tie = "within floor" if floors else "equal"
+                word = "better" if gap > margin else "worse" if gap < -margin else tie
+                row[f"vs {base}"] = f"{word} ({errors.loc[role, base]:.3g})"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rescored(per_tensor: pd.DataFrame) -> pd.DataFrame:
+    """A committed ``per_tensor.csv`` with the copy and init-variance baselines rebuilt from its own rows."""
+    fan_in = per_tensor[per_tensor["mode"].str.startswith("fan-in from ")]
+    widths = fan_in["note"].str.extract(r"from width (\d+)")[0].astype(float)
+    nearest = fan_in[widths == widths.max()].copy()
+    layers = per_tensor["key"].str.extract(r"^layers\.(\d+)\.")[0].dropna().astype(int)
+    n_layer = int(layers.max()) + 1 if len(layers) else 1
+    # fan-in scaled the proxy's V(W) by fan_in(proxy) / fan_in(target) = width ratio (embeddings: vocab / vocab = 1)
+    target_width = float(per_tensor.attrs["target_width"])
+    ratio = nearest["role"].map(lambda r: 1.0 if r in ("embedding", "position") else target_width / widths.max())
+    copy = nearest.assign(mode=f"copy from {nearest['mode'].iloc[0].removeprefix('fan-in from ')}",
+                          predicted=nearest["predicted"] * ratio, note="rebuilt: alpha=0")
+    init = per_tensor.drop_duplicates("key").assign(mode="init variance", note="gpt2 rule, initializer_range 0.02")
+    init["predicted"] = init["role"].map(lambda r: 0.02 ** 2 / (2 * n_layer) if r in ("attn_out", "mlp_out")
+                                         else 0.02 ** 2)
+    out = pd.concat([per_tensor[~per_tensor["mode"].str.startswith(("copy from", "init variance"))], copy, init])
+    out["abs_log_error"] = (out["predicted"] / out["measured"]).map(lambda x: abs(math.log(x)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--target", required=True, help="the target run folder")
+    parser.add_argument("--target", default=None, help="the target run folder")
     parser.add_argument("--proxies", nargs="*", default=[], help="narrower runs (width transfer)")
     parser.add_argument("--depth-proxies", nargs="*", default=[], help="shallower runs (depth mapping)")
-    parser.add_argument("--output", required=True, help="report folder to write (under runs/)")
+    parser.add_argument("--replica", default=None, help="the target's recipe at another seed: the noise floor")
+    parser.add_argument("--rescore", default=None, metavar="CARD",
+                        help="recompute summary and verdicts of a committed card from its per_tensor.csv, writing "
+                             "baselines.md and verdicts.md into it (needs --target-width)")
+    parser.add_argument("--target-width", type=int, default=None, help="with --rescore: the target's n_embd")
+    parser.add_argument("--output", default=None, help="report folder to write (under runs/)")
     args = parser.parse_args(argv)
-    (target_folder,) = finished([args.target]) or sys.exit(f"the target {args.target} has not finished")
+    command = shlex.join(["python", "scripts/transfer_accuracy.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.rescore:
+        per_tensor = pd.read_csv(Path(args.rescore) / "per_tensor.csv")
+        per_tensor.attrs["target_width"] = args.target_width or sys.exit("--rescore needs --target-width")
+        table = summary(rescored(per_tensor))
+        verdict = verdicts(table)
+        for name, frame in (("baselines.md", table), ("verdicts.md", verdict)):
+            text = (f"# {name[:-3]}: {args.rescore}\n\nRecomputed from `per_tensor.csv` (no noise floor: no replica "
+                    f"was measured for this card).\n\n{frame.to_markdown(index=False, floatfmt='.3g')}\n\n"
+                    f"Command:\n\n```\n{command}\n```\n")
+            (Path(args.rescore) / name).write_text(text)
+        print(verdict.to_string(index=False))
+        return
+    if not args.output:
+        sys.exit("--output is required (or --rescore CARD)")
+    (target_folder,) = finished([args.target or sys.exit("--target is required")]) or sys.exit(
+        f"the target {args.target} has not finished")
     target = load(target_folder)
     rules = modes(target, finished(args.proxies), finished(args.depth_proxies))
     if not rules:
         sys.exit("no finished proxy runs: nothing to compare")
-    per_tensor = compare(target, rules)
+    replica = finished([args.replica]) if args.replica else []
+    per_tensor = compare(target, rules, load(replica[0]) if replica else None)
     table = summary(per_tensor)
     nonstationary = int((per_tensor.drop_duplicates("key")["measured_stationary"] == False).sum())  # noqa: E712
-    command = shlex.join(["python", "scripts/transfer_accuracy.py", *(argv if argv is not None else sys.argv[1:])])
     readme = (
         f"# V(W) transfer accuracy: target {target_folder}\n\n"
         "Per mode and role: median and max |log(predicted / measured)| of V(W) over the target's tracked tensors "
@@ -132,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_folder(args.output) as tmp:
         per_tensor.to_csv(tmp / "per_tensor.csv", index=False)
         (tmp / "README.md").write_text(readme)
+        (tmp / "verdicts.md").write_text(f"{verdicts(table).to_markdown(index=False, floatfmt='.3g')}\n")
     print(table.to_string(index=False))
     print(f"written to {args.output}/")
 

@@ -90,3 +90,13 @@ def test_from_report_takes_the_librarys_size_names_and_refuses_a_bad_transfer():
     assert model.config.n_layer == 4
     with pytest.raises(hv.ConfigError, match="width_transfer='sideways'"):
         hv.from_report(BUNDLED, n_embd=256, width_transfer="sideways")
+
+
+def test_copy_transfer_carries_v_w_unchanged_to_another_width(capsys):
+    code, same = _plan(capsys)
+    code, captured = _plan(capsys, "--n-embd", "256", "--width-transfer", "copy")
+    assert code == 0, captured.err
+    wide, base = _rows(captured), _rows(same)
+    for key in ("layers.0.q", "layers.11.mlp_out", "embedding"):
+        assert wide[key]["std"] == pytest.approx(base[key]["std"], rel=1e-9)
+        assert "alpha=0" in wide[key]["note"]

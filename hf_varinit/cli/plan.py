@@ -121,9 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-depth-interpolation", action="store_true",
                         help="with --report at another --n-layer: map V(W) by relative depth (the rule option "
                              "allow-depth-interpolation)")
-    parser.add_argument("--width-transfer", choices=("fan-in", "fit"), default=None,
-                        help="with --report at another --n-embd: move V(W) to the new fans (fan-in), or by the "
-                             "width law of a multi-width report (fit); also maps depth (default: none)")
+    parser.add_argument("--width-transfer", choices=("fan-in", "fit", "copy"), default=None,
+                        help="with --report at another --n-embd: move V(W) to the new fans (fan-in), by the width law "
+                             "of a multi-width report (fit), or unchanged (copy); also maps depth (default: none)")
     parser.add_argument("--head", choices=("lm", "base", "seq-cls", "token-cls"), default="lm",
                         help="which model class: LM head, base model, or a classification head (default: %(default)s)")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",

@@ -25,7 +25,7 @@ from hf_varinit.init.compatibility import check_compatible, table_fans
 from hf_varinit.init.roles import TRACKED_ROLES, TensorRole, tracked_roles
 from hf_varinit.init.rules import Init, InitRule, ModelContext, check_choice, get_rule
 from hf_varinit.init.table import VarianceTable, check_variances, read_variance_table
-from hf_varinit.init.transfer import WIDTH_TRANSFERS, fan_in_table, fit_table, interpolate_depth
+from hf_varinit.init.transfer import WIDTH_TRANSFERS, copy_table, fan_in_table, fit_table, interpolate_depth
 
 NONSTATIONARY = ("last", "skip", "error")
 
@@ -41,8 +41,9 @@ class OptimalRule(InitRule):
         loaded: a `VarianceReport` (or a `VarianceTable`) already in memory, instead of ``report``.
         fallback: the rule for tensors the report lacks (default ``kaiming``).
         allow_depth_interpolation: map a report of another depth by relative depth.
-        width_transfer: map a report of another width: ``fan-in`` (V(W) * fan_in source / fan_in target) or
-            ``fit`` (V(W) = c * fan_in^-alpha fitted by ``hf-varinit report RUN_A RUN_B ...``); also maps depth.
+        width_transfer: map a report of another width: ``fan-in`` (V(W) * fan_in source / fan_in target),
+            ``fit`` (V(W) = c * fan_in^-alpha fitted by ``hf-varinit report RUN_A RUN_B ...``) or ``copy`` (V(W)
+            unchanged, exponent 0: the baseline a width law must beat); each also maps depth.
         nonstationary: what to do with tensors the report marks not stationary: ``last`` (use the last
             recorded value, noted in the plan), ``skip`` (use the fallback) or ``error``.
         roles: only tensors of these roles take V(W), joined by ``+`` (``q+k+v``; ``embedding+position+attn_out+
@@ -161,7 +162,9 @@ def selected_roles(spec: str) -> frozenset[str]:
 
 
 def _width_table(mode: str, table: VarianceTable, model, dst_depth: int | None) -> dict[str, tuple[float, str]]:
-    """The table's V(W) moved to ``model``'s fans (``fan-in`` or ``fit``) and depth."""
+    """The table's V(W) moved to ``model``'s fans (``fan-in``, ``fit`` or ``copy``) and depth."""
+    if mode == "copy":
+        return copy_table(table.variances, table.n_layer, dst_depth, hidden_size(table.config or {}))
     dst_fans = {entry.key: entry.fan_in for entry, _ in tracked_roles(model)}
     if mode == "fit":
         fit = table.transfer

@@ -4,6 +4,7 @@ The optimal rule (`hf_varinit.init.optimal`) applies these; a multi-run report (
 makes the fits they read.
 
 * **Depth** (`interpolate_depth`): per-layer V(W) is mapped by relative depth, linearly along depth.
+* **copy** (`copy_table`): V(W) unchanged at another width (exponent 0), the simplest baseline.
 * **fan-in** (`fan_in_table`): V_target = V_source * fan_in_source / fan_in_target, the variance-preserving
   assumption (exponent 1), with each tensor's (or Q/K/V slice's) true fan_in.
 * **fit** (`fit_table`): from runs at >= 2 widths, per role and relative depth V(W) = c * fan_in^(-alpha); the
@@ -27,10 +28,11 @@ from hf_varinit.arch.keys import parse_layer_key
 from hf_varinit.arch.table import get_architecture
 from hf_varinit.errors import ReportError
 
-__all__ = ["WIDTH_TRANSFERS", "PowerLawFit", "TransferFit", "check_only_scale_differs", "depth_map", "fan_in_table",
+__all__ = ["WIDTH_TRANSFERS", "PowerLawFit", "TransferFit", "check_only_scale_differs", "copy_table", "depth_map",
+           "fan_in_table",
            "fit_table", "interpolate_depth", "role_fans", "scale_config_keys"]
 
-WIDTH_TRANSFERS = ("fan-in", "fit")
+WIDTH_TRANSFERS = ("fan-in", "fit", "copy")
 
 
 def interpolate_depth(variances: dict[str, float], src_layers: int, dst_layers: int) -> dict[str, tuple[float, str]]:
@@ -71,6 +73,14 @@ def role_fans(fans: Mapping[str, int]) -> dict[str, int]:
 
 def _join(*parts: str) -> str:
     return "; ".join(p for p in parts if p)
+
+
+def copy_table(variances: Mapping[str, float], src_layers: int | None, dst_layers: int | None,
+               src_width: int | None) -> dict[str, tuple[float, str]]:
+    """V(W) carried to another width unchanged (exponent 0), then mapped to ``dst_layers``: the baseline a width
+    law has to beat."""
+    note = f"copied from width {src_width} (alpha=0)" if src_width else "copied (alpha=0)"
+    return {k: (v, _join(note, where)) for k, (v, where) in depth_map(variances, src_layers, dst_layers).items()}
 
 
 def fan_in_table(variances: Mapping[str, float], src_fans: Mapping[str, int], dst_fans: Mapping[str, int],
