@@ -1,15 +1,7 @@
-"""Shared test set-up: offline hub, few threads, tiny seeded models."""
+"""The library's test fixtures: tiny seeded models (the offline set-up is the repository's conftest.py)."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("MPLBACKEND", "Agg")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import GPT2Config  # noqa: E402
+import pytest
+from transformers import GPT2Config
 
 
 @pytest.fixture
@@ -21,12 +13,3 @@ def gpt2_config():
 @pytest.fixture
 def tiny_gpt2_config():
     return GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=128, n_positions=32, bos_token_id=0, eos_token_id=0)
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Tiny MLPs run fastest, and least disturbed by a busy machine, on one torch thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

@@ -100,3 +100,25 @@ def test_copy_transfer_carries_v_w_unchanged_to_another_width(capsys):
     for key in ("layers.0.q", "layers.11.mlp_out", "embedding"):
         assert wide[key]["std"] == pytest.approx(base[key]["std"], rel=1e-9)
         assert "alpha=0" in wide[key]["note"]
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("gpt2-12l-lm-study-w128", {}),
+    ("gpt2-12l-lm-study-w64-w128", {"n_embd": 512, "n_layer": 24, "width_transfer": "fit"}),  # a size never measured
+    ("llama-8l-lm-study-h128", {"n_layer": 4}),
+])
+def test_the_bundled_lm_study_reports_initialise_a_model_by_name(name, overrides):
+    import torch
+
+    with torch.device("meta"):
+        model = hv.from_report(name, **overrides)
+    assert model.config.varinit_rule.startswith(f"optimal:report={name}")
+    rows = hv.init_plan(model, model.config.varinit_rule)
+    assert any("V(W)" in r.note or "fit alpha" in r.note or "interpolated" in r.note for r in rows)
+
+
+def test_a_bundled_report_costs_the_user_no_pilot():
+    from hf_varinit.train.study_report import pilot_cost
+
+    cost = pilot_cost("optimal:report=gpt2-12l-lm-study-w64-w128,width-transfer=fit")
+    assert (cost["tokens"], cost["flops"]) == (0, 0) and "bundled" in cost["note"]

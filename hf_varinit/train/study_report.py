@@ -26,6 +26,7 @@ from hf_varinit.init.patch import from_config
 from hf_varinit.init.roles import EMBEDDING_ROLES, iter_roles
 from hf_varinit.init.rules import get_rule
 from hf_varinit.record.stats_file import load_stats
+from hf_varinit.reference_reports import bundled_report
 from hf_varinit.report.report import VarianceReport
 from hf_varinit.report.tables import markdown_table
 from hf_varinit.train.study_stats import pm
@@ -121,7 +122,8 @@ def run_cost(metadata: Mapping[str, Any]) -> dict[str, int | None]:
 def pilot_cost(spec: str) -> dict[str, Any]:
     """What the pilot behind an arm's rule cost, in training tokens and FLOPs: the training of the report it reads.
 
-    A rule that reads no report costs nothing. A report of one training run costs that run's tokens (`run_cost`); a
+    A rule that reads no report, or a reference report bundled with the package, costs the user nothing. A report of
+    one training run costs that run's tokens (`run_cost`); a
     report of several runs (``hf-varinit report RUN_A RUN_B``) the sum over the source runs it lists, read from
     their statistics (unknown when one cannot be read); a report of one set of weights (``report --from-model``)
     the tokens its checkpoint says it was trained on (``hf-varinit pretrain`` writes them into
@@ -140,6 +142,9 @@ def pilot_cost(spec: str) -> dict[str, Any]:
     source = getattr(get_rule(spec), "report", None)
     if not isinstance(source, str):
         return {"report": None, "tokens": 0, "flops": 0, "note": "no pilot"}
+    if bundled_report(source) is not None:
+        return {"report": source, "tokens": 0, "flops": 0,
+                "note": "a reference report bundled with the package: no pilot cost to the user"}
     report = VarianceReport.load(source)
     metadata = {**(report.stats.metadata if report.stats is not None else {}), **report.metadata}
     if report.is_snapshot:
