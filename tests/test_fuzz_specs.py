@@ -11,7 +11,7 @@ from transformers import GPT2Config
 
 import hf_varinit as hv
 from hf_varinit.errors import HFVarInitError, RuleError
-from hf_varinit.init.rules import _REGISTRY
+from hf_varinit.init.rules import _factory
 
 FUZZ = dict(derandomize=True, deadline=None, database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -82,7 +82,7 @@ JSON = st.recursive(
 
 def _rule_keys(name):
     """The keys a registered rule takes (its dataclass fields), plus one it does not."""
-    factory = _REGISTRY[name]
+    factory = _factory(name)
     fields = [f.name for f in dataclasses.fields(factory) if f.init] if dataclasses.is_dataclass(factory) else []
     return st.sampled_from([*fields, "x"])
 

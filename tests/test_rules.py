@@ -9,8 +9,8 @@ from scipy import stats
 
 import hf_varinit as hv
 from hf_varinit.errors import RuleError
+from hf_varinit.init.builtin_rules import KaimingRule
 from hf_varinit.init.roles import iter_roles
-from hf_varinit.init.rules import KaimingRule
 
 
 def _tensor(model, key):

@@ -1,4 +1,7 @@
-"""Init rules: a registry of named rules, each mapping a tensor's role to a distribution and std.
+"""Init rules: what a rule is (`InitRule` -> `Init` per tensor), the checks rules share, and the registry of names.
+
+The built-in rules live in `hf_varinit.init.builtin_rules` (``optimal`` in `hf_varinit.init.optimal`); the registry
+names them and imports their module on the first lookup.
 
 A rule spec is a string ``name[:key=value,...]`` (``"kaiming:mode=fan_out"``) or a dict
 (``{"name": "normal", "std": 0.02}``). Rules are frozen dataclasses: their fields are the spec's keys,
@@ -18,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from hf_varinit.errors import RuleError, shown
-from hf_varinit.init.roles import EMBEDDING_ROLES, RESIDUAL_ROLES, TensorRole
+from hf_varinit.init.roles import TensorRole
 from hf_varinit.init.specs import check_type, coerce, parse_spec
 
 DISTRIBUTIONS = ("normal", "uniform", "trunc_normal")
@@ -99,7 +102,7 @@ MAX_SCALE = float(torch.finfo(torch.float32).max) / 1e3
 MIN_SCALE = float(torch.finfo(torch.float32).tiny)
 
 
-def _is_finite_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
     """A real number (not a bool) within float range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
@@ -109,9 +112,9 @@ def _is_finite_number(value: Any) -> bool:
         return False
 
 
-def _check_std(name: str, value: float, key: str = "std", *, bounded: bool = True) -> None:
+def check_std(name: str, value: float, key: str = "std", *, bounded: bool = True) -> None:
     """A finite number > 0 (and, if ``bounded``, small enough that float32 weights drawn with it stay finite)."""
-    if not _is_finite_number(value) or value <= 0:
+    if not is_finite_number(value) or value <= 0:
         raise RuleError(f"rule {name!r}: {key}={shown(value)} is invalid; it must be a finite number > 0, "
                         f"e.g. {key}=0.02")
     if bounded and value > MAX_SCALE:
@@ -127,38 +130,6 @@ def check_choice(name: str, key: str, value: str, choices: tuple[str, ...]) -> N
         raise RuleError(f"rule {name!r}: {key}={shown(value)} is invalid; valid choices: {', '.join(choices)}")
 
 
-def _sample(dist: str, std: float, note: str = "") -> Init:
-    return Init(dist, std=float(std), note=note)
-
-
-def _embedding_init(ctx: ModelContext, std: float | None) -> Init:
-    return Init("normal", std=std or ctx.initializer_range, note="embedding: initializer_range")
-
-
-@dataclass(frozen=True)
-class HFRule(InitRule):
-    """The model's own ``_init_weights``, unchanged."""
-
-    name: ClassVar[str] = "hf"
-
-    def resolve(self, entry: TensorRole, ctx: ModelContext) -> Init:
-        return Init("hf")
-
-
-@dataclass(frozen=True)
-class NormalRule(InitRule):
-    """Every weight (embeddings and heads included) from N(0, std^2)."""
-
-    name: ClassVar[str] = "normal"
-    std: float = 0.02
-
-    def __post_init__(self):
-        _check_std(self.name, self.std)
-
-    def weight_init(self, entry, ctx):
-        return _sample("normal", self.std)
-
-
 def truncated_std_factor(cutoff: float) -> float:
     """std of N(0, 1) truncated to [-cutoff, cutoff] (0.880 for cutoff 2)."""
     if cutoff < 1e-2:  # the closed form below cancels to nothing (or below zero); its series is exact here
@@ -170,152 +141,21 @@ def truncated_std_factor(cutoff: float) -> float:
     return math.sqrt(1 - 2 * cutoff * pdf / mass)
 
 
-@dataclass(frozen=True)
-class TruncNormalRule(InitRule):
-    """Every weight from N(0, std^2) truncated at ±``cutoff``·std (``torch.nn.init.trunc_normal_(std=std,
-    a=-cutoff*std, b=cutoff*std)``). The plan shows the std of the values drawn: 0.880·std for cutoff 2."""
-
-    name: ClassVar[str] = "trunc_normal"
-    std: float = 0.02
-    cutoff: float = 2.0
-
-    def __post_init__(self):
-        _check_std(self.name, self.std)
-        _check_std(self.name, self.cutoff, "cutoff", bounded=False)  # any cutoff > 0 is a distribution
-        if self.std * truncated_std_factor(self.cutoff) < MIN_SCALE:
-            raise RuleError(f"rule 'trunc_normal': std={self.std:g} truncated at cutoff={self.cutoff:g} draws values "
-                            f"below {MIN_SCALE:.1e}, so float32 weights would all be 0; raise the std or the cutoff")
-
-    def weight_init(self, entry, ctx):
-        realised = self.std * truncated_std_factor(self.cutoff)
-        return Init("trunc_normal", std=realised, cutoff=self.cutoff,
-                    note=f"N(0, {self.std:g}^2) truncated at ±{self.cutoff:g} std")
-
-
-@dataclass(frozen=True)
-class _FanRule(InitRule):
-    """Shared parts of fan-based rules: ``dist`` and the embedding policy."""
-
-    dist: str = "normal"
-    embedding_std: float | None = None
-
-    def __post_init__(self):
-        check_choice(self.name, "dist", self.dist, ("normal", "uniform"))
-        if self.embedding_std is not None:
-            _check_std(self.name, self.embedding_std, "embedding_std")
-
-    def weight_init(self, entry, ctx):
-        if entry.role in EMBEDDING_ROLES:
-            return _embedding_init(ctx, self.embedding_std)
-        if not entry.fan_in or not entry.fan_out:  # a dimension of 0: the tensor has no elements to draw
-            return Init("constant", value=0.0, note="empty tensor (a fan of 0)")
-        return _sample(self.dist, self.fan_std(entry))
-
-    def fan_std(self, entry: TensorRole) -> float:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class XavierRule(_FanRule):
-    """Glorot: std = gain * sqrt(2 / (fan_in + fan_out)). Embeddings keep ``initializer_range``."""
-
-    name: ClassVar[str] = "xavier"
-    gain: float = 1.0
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check_std(self.name, self.gain, "gain")
-
-    def fan_std(self, entry):
-        return self.gain * math.sqrt(2.0 / (entry.fan_in + entry.fan_out))
-
-
-NONLINEARITIES = ("relu", "leaky_relu", "tanh", "linear", "sigmoid", "selu")
-
-
-@dataclass(frozen=True)
-class KaimingRule(_FanRule):
-    """He: std = gain / sqrt(fan), fan_in by default, ReLU gain. Embeddings keep ``initializer_range``."""
-
-    name: ClassVar[str] = "kaiming"
-    mode: str = "fan_in"
-    nonlinearity: str = "relu"
-    a: float = 0.0
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_choice(self.name, "mode", self.mode, ("fan_in", "fan_out"))
-        check_choice(self.name, "nonlinearity", self.nonlinearity, NONLINEARITIES)
-        if not _is_finite_number(self.a):
-            raise RuleError(f"rule 'kaiming': a={shown(self.a)} is invalid; it must be a finite number (leaky_relu "
-                            "slope)")
-        try:
-            torch.nn.init.calculate_gain(self.nonlinearity, self.a if self.nonlinearity == "leaky_relu" else None)
-        except (OverflowError, ValueError):
-            raise RuleError(f"rule 'kaiming': a={self.a:g} is out of range for nonlinearity={self.nonlinearity!r}; "
-                            "use a leaky_relu slope such as a=0.01") from None
-
-    def fan_std(self, entry):
-        fan = entry.fan_in if self.mode == "fan_in" else entry.fan_out
-        param = self.a if self.nonlinearity == "leaky_relu" else None
-        return torch.nn.init.calculate_gain(self.nonlinearity, param) / math.sqrt(fan)
-
-
-@dataclass(frozen=True)
-class LecunRule(_FanRule):
-    """LeCun: std = 1 / sqrt(fan_in). Embeddings keep ``initializer_range``."""
-
-    name: ClassVar[str] = "lecun"
-
-    def fan_std(self, entry):
-        return 1.0 / math.sqrt(entry.fan_in)
-
-
-@dataclass(frozen=True)
-class GPT2Rule(InitRule):
-    """GPT-2: N(0, std^2) everywhere, residual projections scaled by 1/sqrt(2 n_layer).
-
-    ``std`` defaults to the config's ``initializer_range``. Per-role scales, the handful of numbers a pilot-free
-    baseline tunes: ``embedding_std`` (token and position embeddings), ``head_std`` (an untied output head) and
-    ``residual_scale`` (a multiplier on the residual projections' std/sqrt(2 n_layer)), e.g.
-    ``gpt2:embedding_std=0.06,residual_scale=3``.
-    """
-
-    name: ClassVar[str] = "gpt2"
-    std: float | None = None
-    embedding_std: float | None = None
-    head_std: float | None = None
-    residual_scale: float = 1.0
-
-    def __post_init__(self):
-        for key in ("std", "embedding_std", "head_std"):
-            if getattr(self, key) is not None:
-                _check_std(self.name, getattr(self, key), key)
-        _check_std(self.name, self.residual_scale, "residual_scale")
-
-    def weight_init(self, entry, ctx):
-        std = self.std or ctx.initializer_range
-        if entry.role in EMBEDDING_ROLES and self.embedding_std is not None:
-            return _sample("normal", self.embedding_std, note="embedding_std")
-        if entry.role == "head" and self.head_std is not None:
-            return _sample("normal", self.head_std, note="head_std")
-        if entry.role in RESIDUAL_ROLES and ctx.n_layer:
-            scaled = f"{self.residual_scale:g} x " if self.residual_scale != 1.0 else ""
-            return _sample("normal", self.residual_scale * std / math.sqrt(2 * ctx.n_layer),
-                           note=f"residual {scaled}1/sqrt(2 n_layer)")
-        return _sample("normal", std)
-
-
 _REGISTRY: dict[str, Callable[..., InitRule]] = {}
-# Built-in rules defined in their own modules: name -> "module:attribute", imported on the first lookup (the way
+# The built-in rules, defined in their own modules: name -> "module:attribute", imported on the first lookup (the way
 # transformers' auto classes resolve a name), so every built-in rule resolves whichever module was imported first.
-_BUILTIN_ELSEWHERE: dict[str, str] = {"optimal": "hf_varinit.init.optimal:OptimalRule"}
+_BUILT_IN: dict[str, str] = {
+    **{name: f"hf_varinit.init.builtin_rules:{cls}" for name, cls in (
+        ("hf", "HFRule"), ("normal", "NormalRule"), ("trunc_normal", "TruncNormalRule"), ("xavier", "XavierRule"),
+        ("kaiming", "KaimingRule"), ("lecun", "LecunRule"), ("gpt2", "GPT2Rule"))},
+    "optimal": "hf_varinit.init.optimal:OptimalRule",
+}
 
 
 def _factory(name: str) -> Callable[..., InitRule] | None:
     """The factory registered as ``name`` (a built-in defined elsewhere is imported now), or None."""
-    if name not in _REGISTRY and name in _BUILTIN_ELSEWHERE:
-        module, _, attribute = _BUILTIN_ELSEWHERE[name].partition(":")
+    if name not in _REGISTRY and name in _BUILT_IN:
+        module, _, attribute = _BUILT_IN[name].partition(":")
         _REGISTRY[name] = getattr(importlib.import_module(module), attribute)
     return _REGISTRY.get(name)
 
@@ -337,15 +177,15 @@ def register_rule(name: str, factory: Callable[..., InitRule], *, overwrite: boo
     """
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise RuleError(f"rule name {shown(name)} is invalid: use letters, digits, '_' or '-'")
-    if (name in _REGISTRY or name in _BUILTIN_ELSEWHERE) and not overwrite:
+    if (name in _REGISTRY or name in _BUILT_IN) and not overwrite:
         raise RuleError(f"a rule named {shown(name)} is already registered; pick another name or pass overwrite=True")
-    _BUILTIN_ELSEWHERE.pop(name, None)
+    _BUILT_IN.pop(name, None)
     _REGISTRY[name] = factory
 
 
 def list_rules() -> list[str]:
     """The names of all registered rules."""
-    return sorted(set(_REGISTRY) | set(_BUILTIN_ELSEWHERE))
+    return sorted(set(_REGISTRY) | set(_BUILT_IN))
 
 
 def build_rule(name: str, params: Mapping[str, Any]) -> InitRule:
@@ -391,9 +231,6 @@ def get_rule(spec: str | Mapping[str, Any] | InitRule) -> InitRule:
     name, params = parse_spec(spec)
     return build_rule(name, params)
 
-
-for _rule in (HFRule, NormalRule, TruncNormalRule, XavierRule, KaimingRule, LecunRule, GPT2Rule):
-    register_rule(_rule.name, _rule)
 
 __all__ = [
     "Init",
