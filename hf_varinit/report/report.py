@@ -35,11 +35,16 @@ from hf_varinit.report.publish import (
     check_dataset_ids,
     download_folder,
     hub_dataset_ids,
-    is_repo_id,
     push_folder,
     push_written,
 )
-from hf_varinit.report.schema import STEADY_FILENAME, STEADY_FORMAT, STEADY_VERSION, validate_steady_state
+from hf_varinit.report.schema import (
+    STEADY_FILENAME,
+    STEADY_FORMAT,
+    STEADY_VERSION,
+    parse_steady_state,
+    validate_steady_state,
+)
 from hf_varinit.report.steady_state import KeyAnalysis, analyze
 from hf_varinit.report.transfer import transfer_section
 
@@ -159,7 +164,7 @@ class VarianceReport:
             raise ReportError(f"{path}: cannot read {STEADY_FILENAME}: {exc}") from exc
         validate_steady_state(doc, str(path))  # every field's type, the bad one named by its path
         try:
-            fields = _parse_steady_state(doc)
+            fields = parse_steady_state(doc)
         except ReportError as exc:
             raise ReportError(f"{path}: {exc}") from None
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
@@ -345,63 +350,6 @@ def _validate_v_w(tensors: dict[str, KeyAnalysis], where: str) -> None:
         if v is None or not math.isfinite(v) or v <= 0:
             raise ReportError(f"{where}: tensor {key!r} has V(W) = {v!r}; every v_w must be finite and > 0 "
                               "(a diverged or empty record cannot define an init)")
-
-
-def _opt(d: dict, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
-    """``d[name]`` if of one of ``kinds`` (bools are not numbers), or None/default when absent."""
-    value = d.get(name, default)
-    if value is None or (isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
-        return value
-    raise ReportError(f"field {name!r} = {value!r} should be {' or '.join(k.__name__ for k in kinds)}")
-
-
-def _parse_steady_state(doc: Any) -> dict[str, Any]:
-    """Validate a steady_state.json document; returns VarianceReport constructor arguments."""
-    if not isinstance(doc, dict):
-        raise ReportError(f"{STEADY_FILENAME} must hold a JSON object, got {type(doc).__name__}")
-    if doc.get("format") != STEADY_FORMAT:
-        raise ReportError(f"wrong format {doc.get('format')!r}; expected {STEADY_FORMAT!r}")
-    if doc.get("format_version") not in (STEADY_VERSION, str(STEADY_VERSION)):
-        raise ReportError(f"unsupported format_version {doc.get('format_version')!r}; "
-                          f"expected {STEADY_VERSION}")
-    raw = doc.get("tensors")
-    if not isinstance(raw, dict) or not raw:
-        raise ReportError("'tensors' must be a non-empty object of key -> analysis")
-    num = (int, float)
-    tensors = {}
-    for key, t in raw.items():
-        if not isinstance(t, dict):
-            raise ReportError(f"tensor {key!r}: expected an object, got {type(t).__name__}")
-        window = t.get("window")
-        if window is not None and not (isinstance(window, list) and len(window) == 2
-                                       and all(type(w) is int for w in window)):
-            raise ReportError(f"tensor {key!r}: window {window!r} should be [start_step, end_step]")
-        v_w = _opt(t, "v_w", num)
-        tensors[key] = KeyAnalysis(
-            key=key, role=_opt(t, "role", (str,)), layer=_opt(t, "layer", (int,)),
-            stationary=_opt(t, "stationary", (bool,), False), v_w=None if v_w is None else float(v_w),
-            window=tuple(window) if window else None, spread=_opt(t, "spread", num),
-            drift=_opt(t, "drift", num), equilibration_step=_opt(t, "equilibration_step", (int,)),
-            band=_opt(t, "band", num, 0.10), init_var=_opt(t, "init_var", num),
-            ratio=_opt(t, "ratio", num), reason=_opt(t, "reason", (str,)),
-            window_lr_share=_opt(t, "window_lr_share", num), window_lr_fraction=_opt(t, "window_lr_fraction", num),
-        )
-    config = doc.get("config") or {}
-    if not isinstance(config, dict):
-        raise ReportError(f"'config' should be an object, got {type(config).__name__}")
-    datasets = doc.get("datasets")
-    metadata = {name: doc[field] for name, field in (("source", "source"), ("dataset", "dataset_description"),
-                                                   ("checkpoint", "checkpoint"), ("hub_id", "base_model"))
-                if isinstance(doc.get(field), str) and doc[field]}
-    stored = doc.get("recipe") if isinstance(doc.get("recipe"), dict) else {}  # the fields as written, none inferred
-    metadata.update({k: v for k, v in (RunRecipe.from_dict(stored).to_dict() or {}).items() if k in stored})
-    return dict(
-        tensors=tensors, options=AnalysisOptions.from_dict(doc.get("options") or {}),
-        model_type=_opt(doc, "model_type", (str,)), n_layer=_opt(doc, "n_layer", (int,)), config=config,
-        rule=_opt(doc, "rule", (str,)), metadata=metadata, title=_opt(doc, "title", (str,)),
-        datasets=[d for d in datasets if is_repo_id(d)] if isinstance(datasets, list) else None,
-        license=_opt(doc, "license", (str,)), transfer=TransferFit.from_dict(doc.get("transfer")),
-    )
 
 
 def _str_or_none(value: Any) -> str | None:

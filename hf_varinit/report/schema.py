@@ -4,7 +4,7 @@
 its path and saying what it should be, e.g.
 ``steady_state.json: tensors['layers.0.q'].v_w is 'abc'; expected a number``. Fields it does not know are allowed
 (a newer writer may add some). It checks types and ranges only; the meaning (a V(W) > 0, the analysis options'
-ranges) is checked where it is used.
+ranges) is checked where it is used. `parse_steady_state` turns a checked document into `VarianceReport`'s fields.
 
 Document (``format = "hf_varinit.steady_state"``, ``format_version = 1``)::
 
@@ -27,9 +27,14 @@ from typing import Any
 from hf_varinit.arch.config import check_config_sizes
 from hf_varinit.arch.keys import parse_layer_key
 from hf_varinit.errors import ConfigError, ReportError, shown
+from hf_varinit.init.transfer import TransferFit
 from hf_varinit.io_utils import JsonChecker
+from hf_varinit.record.recipe import RunRecipe
+from hf_varinit.report.options import AnalysisOptions
+from hf_varinit.report.publish import is_repo_id
+from hf_varinit.report.steady_state import KeyAnalysis
 
-__all__ = ["STEADY_FILENAME", "STEADY_FORMAT", "STEADY_VERSION", "validate_steady_state"]
+__all__ = ["STEADY_FILENAME", "STEADY_FORMAT", "STEADY_VERSION", "parse_steady_state", "validate_steady_state"]
 
 STEADY_FORMAT = "hf_varinit.steady_state"  # a file-format id, not a module path: never renamed
 STEADY_VERSION = 1
@@ -112,3 +117,60 @@ def _check_transfer(check: JsonChecker, transfer: dict | None) -> None:
         check.fail("transfer.fits", fits, "a JSON object of key -> fit (an object)")
     for key, fit in (fits or {}).items():
         check.fields(fit, {"c": "number", "alpha": "number"}, prefix=f"transfer.fits[{shown(key)}].")
+
+
+def _opt(d: dict, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
+    """``d[name]`` if of one of ``kinds`` (bools are not numbers), or None/default when absent."""
+    value = d.get(name, default)
+    if value is None or (isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
+        return value
+    raise ReportError(f"field {name!r} = {value!r} should be {' or '.join(k.__name__ for k in kinds)}")
+
+
+def parse_steady_state(doc: Any) -> dict[str, Any]:
+    """Validate a steady_state.json document; returns VarianceReport constructor arguments."""
+    if not isinstance(doc, dict):
+        raise ReportError(f"{STEADY_FILENAME} must hold a JSON object, got {type(doc).__name__}")
+    if doc.get("format") != STEADY_FORMAT:
+        raise ReportError(f"wrong format {doc.get('format')!r}; expected {STEADY_FORMAT!r}")
+    if doc.get("format_version") not in (STEADY_VERSION, str(STEADY_VERSION)):
+        raise ReportError(f"unsupported format_version {doc.get('format_version')!r}; "
+                          f"expected {STEADY_VERSION}")
+    raw = doc.get("tensors")
+    if not isinstance(raw, dict) or not raw:
+        raise ReportError("'tensors' must be a non-empty object of key -> analysis")
+    num = (int, float)
+    tensors = {}
+    for key, t in raw.items():
+        if not isinstance(t, dict):
+            raise ReportError(f"tensor {key!r}: expected an object, got {type(t).__name__}")
+        window = t.get("window")
+        if window is not None and not (isinstance(window, list) and len(window) == 2
+                                       and all(type(w) is int for w in window)):
+            raise ReportError(f"tensor {key!r}: window {window!r} should be [start_step, end_step]")
+        v_w = _opt(t, "v_w", num)
+        tensors[key] = KeyAnalysis(
+            key=key, role=_opt(t, "role", (str,)), layer=_opt(t, "layer", (int,)),
+            stationary=_opt(t, "stationary", (bool,), False), v_w=None if v_w is None else float(v_w),
+            window=tuple(window) if window else None, spread=_opt(t, "spread", num),
+            drift=_opt(t, "drift", num), equilibration_step=_opt(t, "equilibration_step", (int,)),
+            band=_opt(t, "band", num, 0.10), init_var=_opt(t, "init_var", num),
+            ratio=_opt(t, "ratio", num), reason=_opt(t, "reason", (str,)),
+            window_lr_share=_opt(t, "window_lr_share", num), window_lr_fraction=_opt(t, "window_lr_fraction", num),
+        )
+    config = doc.get("config") or {}
+    if not isinstance(config, dict):
+        raise ReportError(f"'config' should be an object, got {type(config).__name__}")
+    datasets = doc.get("datasets")
+    metadata = {name: doc[field] for name, field in (("source", "source"), ("dataset", "dataset_description"),
+                                                   ("checkpoint", "checkpoint"), ("hub_id", "base_model"))
+                if isinstance(doc.get(field), str) and doc[field]}
+    stored = doc.get("recipe") if isinstance(doc.get("recipe"), dict) else {}  # the fields as written, none inferred
+    metadata.update({k: v for k, v in (RunRecipe.from_dict(stored).to_dict() or {}).items() if k in stored})
+    return dict(
+        tensors=tensors, options=AnalysisOptions.from_dict(doc.get("options") or {}),
+        model_type=_opt(doc, "model_type", (str,)), n_layer=_opt(doc, "n_layer", (int,)), config=config,
+        rule=_opt(doc, "rule", (str,)), metadata=metadata, title=_opt(doc, "title", (str,)),
+        datasets=[d for d in datasets if is_repo_id(d)] if isinstance(datasets, list) else None,
+        license=_opt(doc, "license", (str,)), transfer=TransferFit.from_dict(doc.get("transfer")),
+    )
