@@ -280,3 +280,23 @@ def test_steps_paired_by_seed_over_seeds_that_reach_the_target_in_both_arms_and_
     assert break_even_runs(6000.0, 3000.0, 30, +5.0) is None  # no saving: never pays
     table = gap_table(summary, [10, 30])
     assert "Δ eval @10 vs a, paired" in table and "| 6 " in table and "6e+03" in table
+
+
+@pytest.mark.slow
+def test_report_only_writes_a_partial_card_of_the_seeds_every_arm_finished(study, config, tmp_path, capsys):
+    output, _ = study
+    partial = tmp_path / "lm"
+    shutil.copytree(output, partial)
+    shutil.rmtree(partial / "runs" / "kaiming" / "seed1" / "final")  # seed 1 still training in one arm
+    before = (partial / "study.json").read_text()
+    trained = list(partial.rglob("metrics.jsonl"))
+    assert main(study_argv(config, partial, "--report-only")) == 0
+    card = (partial / "README.md").read_text()
+    assert "**Partial**: seeds [0] of [0, 1] finished in every arm" in card
+    assert pd.read_csv(partial / "runs.csv")["seed"].tolist() == [0, 0]
+    assert (partial / "study.json").read_text() == before  # the study's settings stay those of the whole study
+    assert not (partial / "runs" / "kaiming" / "seed1" / "final").exists()  # nothing was trained
+    assert sorted(partial.rglob("metrics.jsonl")) == sorted(trained)
+    shutil.rmtree(partial / "runs" / "gpt2" / "seed0" / "final")
+    assert main(study_argv(config, partial, "--report-only")) == 1
+    assert "no seed has finished in every arm yet" in capsys.readouterr().err

@@ -92,6 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lm.add_argument("--horizons", nargs="+", type=int, default=None, metavar="STEP",
                     help="--study lm only: eval steps of the table (default: every eval step all runs have, and "
                          "the last)")
+    lm.add_argument("--report-only", action="store_true",
+                    help="--study lm only: train nothing; write the report of the seeds every arm has finished (a "
+                         "partial card of a study still running) (default: off)")
     lm.add_argument("--no-progress", action="store_true",
                     help="--study lm only: no progress bar over the runs (TQDM_DISABLE=1 does the same) (default: off)")
     before = {a.dest for a in parser._actions}
@@ -113,7 +116,7 @@ def lm_study_from_args(args: argparse.Namespace):
     if foreign:
         raise ConfigError(f"{', '.join(foreign)}: flags of the lab's MLP studies; --study lm takes --config, --arms, "
                           "--arm-names, --seeds, --steps, --target-loss, --horizons, --output, --overwrite, "
-                          "--no-progress")
+                          "--no-progress, --report-only")
     if not args.config:
         raise ConfigError("--study lm needs --config: a pretraining YAML or bundled config, e.g. gpt2-12l-lm-study")
     if args.target_loss is None:
@@ -126,7 +129,8 @@ def lm_study_from_args(args: argparse.Namespace):
     seeds = study_seeds(args.seeds or [5])
     return LMStudy(config=args.config, arms=args.arms or [], seeds=seeds, steps=steps, target_loss=args.target_loss,
                    arm_names=args.arm_names, horizons=args.horizons, output=args.output,
-                   overwrite=bool(args.overwrite), progress=not args.no_progress)
+                   overwrite=bool(args.overwrite), progress=not args.no_progress,
+                   report_only=bool(args.report_only))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -81,6 +81,8 @@ class LMStudy:
         output (`str`, *optional*): the study folder (default ``runs/lm-<config stem>``).
         overwrite (`bool`): replace an existing study folder, runs included.
         progress (`bool`): a progress bar over the runs.
+        report_only (`bool`): train nothing; write the report of the seeds every arm has finished (a partial card
+            of a study that is still growing).
         command (`str`, *optional*): the command that regenerates the study, for the card.
     """
 
@@ -94,6 +96,7 @@ class LMStudy:
     output: str | None = None
     overwrite: bool = False
     progress: bool = True
+    report_only: bool = False
     command: str | None = None
     labelled: list[dict] = field(init=False)
     options: dict[str, Any] = field(init=False)
@@ -236,12 +239,14 @@ def run_lm_study(study: LMStudy) -> LMStudyResult:
             pilots[arm["label"]] = pilot_cost(arm["spec"])
         except HFVarInitError as exc:
             raise type(exc)(f"--arms {arm['spec']!r}: {exc}") from exc
-    if study.overwrite and output.exists():
+    if study.overwrite and output.exists() and not study.report_only:
         shutil.rmtree(output)
     wall = check_same_study(study, _read_study(output))
     pairs = [(arm, seed) for seed in study.seeds for arm in study.labelled]
     statuses = {(arm["label"], seed): run_status(study, arm, seed) for arm, seed in pairs}
     settings = study.settings()
+    if study.report_only:
+        return _partial_report(study, output, statuses, settings, wall, pilots)
     atomic_write_json(output / STUDY_FILE, {**settings, "wall_seconds": wall})
     outcomes: dict[str, str] = {}
     bar = tqdm(pairs, desc="lm study", unit="run", disable=not study.progress or tqdm_disabled_by_env())
@@ -268,6 +273,18 @@ def run_lm_study(study: LMStudy) -> LMStudyResult:
     runs, metrics = run_rows(study.labelled, study.seeds, study.run_dir, study.target_loss, wall)
     _, table = write_lm_report(output, settings, runs, metrics, pilots)
     return LMStudyResult(output, table, outcomes)
+
+
+def _partial_report(study: LMStudy, output: Path, statuses: dict, settings: dict, wall: dict,
+                    pilots: dict) -> LMStudyResult:
+    """The report of the seeds that every arm has finished, the study's settings untouched (``--report-only``)."""
+    done = [s for s in study.seeds if all(statuses[a["label"], s] == "finished" for a in study.labelled)]
+    if not done:
+        raise ConfigError(f"{output}: no seed has finished in every arm yet; run the study without --report-only")
+    settings = {**settings, "seeds": done, "partial": f"seeds {done} of {study.seeds} finished in every arm"}
+    runs, metrics = run_rows(study.labelled, done, study.run_dir, study.target_loss, wall)
+    _, table = write_lm_report(output, settings, runs, metrics, pilots)
+    return LMStudyResult(output, table, {f"{a['slug']}/seed{s}": "reported" for s in done for a in study.labelled})
 
 
 def _train(args: list[str], options: PretrainOptions, run_dir: Path, arm: dict, seed: int):

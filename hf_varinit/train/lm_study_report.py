@@ -313,6 +313,8 @@ def curves_plot(metrics: dict[tuple[str, int], pd.DataFrame], arms: Sequence[dic
 
 def _card(settings: dict, table: str, lines: list[str], horizons: Sequence[int], gaps: str = "") -> str:
     arms = "\n".join(f"- `{a['label']}`: `{a['spec']}`" for a in settings["arms"])
+    partial = (f"\n**Partial**: {settings['partial']}; one seed is an anecdote. The rest run with the command "
+               "below.\n" if settings.get("partial") else "")
     body = f"""
 # LM init study: {', '.join(a['label'] for a in settings['arms'])}
 
@@ -320,7 +322,7 @@ Each arm is one init rule; each (arm, seed) is one ordinary `hf-varinit pretrain
 `{settings['config']}` for {settings['steps']} steps (runs in `runs/<arm>/seed<N>/`). Seeds: {settings['seeds']}.
 
 {arms}
-
+{partial}
 ## Results
 
 Mean ± std over seeds. Losses are the **eval loss** (mean token cross-entropy on the held-out split of the
