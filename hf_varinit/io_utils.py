@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hf_varinit.errors import HFVarInitError, ReportError, shown
+from hf_varinit.errors import HFVarInitError, ReportError, WriteError, is_write_failure, shown, write_error
 
 __all__ = [
     "JsonChecker", "atomic_folder", "atomic_path", "atomic_write", "atomic_write_bytes", "atomic_write_json",
@@ -32,11 +32,13 @@ __all__ = [
     "staging_folder", "write_folder",
 ]
 
-
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:  # a full disk or a failing device often shows here first: say which file
+        exc.filename = exc.filename or str(path)
+        raise
     finally:
         os.close(fd)
 
@@ -71,11 +73,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     Yields:
         `Path`: a not-yet-existing file path in the same directory. Write the whole content there.
-        If the block raises, the temporary file is removed and ``path`` is left untouched.
+        If the block raises, the temporary file is removed and ``path`` is left untouched; a write failure (see
+        `is_write_failure`: a full disk, an I/O error) is raised as a `WriteError` naming ``path``.
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as exc:  # no permission, no inode left...
+        raise write_error(dest, exc) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # writers (e.g. safetensors) expect to create the file themselves
@@ -87,9 +93,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         _fsync_file(tmp)
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, Exception) and is_write_failure(exc):  # a full disk, an I/O error: the library's error
+            raise write_error(dest, exc) from exc
         raise
 
 
@@ -227,31 +235,43 @@ def commit_folder(tmp: Path, dest: str | os.PathLike[str], *, merge: bool = Fals
 
     Every file in ``tmp`` is fsynced; then ``complete_marker`` (if given) is written and fsynced last, so a
     reader that checks for it never sees a partial folder. A new ``dest`` is a rename of ``tmp``. An existing
-    ``dest`` is replaced whole (``merge=False``), or gets each of ``tmp``'s files replaced atomically while its
-    other files stay (``merge=True``).
+    ``dest`` is replaced whole (``merge=False``; put back if the rename fails), or gets each of ``tmp``'s files
+    replaced atomically while its other files stay (``merge=True``).
+
+    Raises:
+        `WriteError`: a file system failure (an fsync, the marker, a rename), naming ``dest``; ``tmp`` is left to the
+            caller to remove.
     """
     dest = Path(dest)
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            _fsync_file(f)
-    if complete_marker is not None:
-        atomic_write_text(tmp / complete_marker, "complete\n")
-    if dest.exists() and merge:
-        for f in sorted(tmp.rglob("*")):
+    try:
+        for f in tmp.rglob("*"):
             if f.is_file():
-                target = dest / f.relative_to(tmp)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(f, target)
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.{os.urandom(4).hex()}.old")
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(dest.parent)
+                _fsync_file(f)  # where a full disk or a failing device often shows first (delayed allocation)
+        if complete_marker is not None:
+            atomic_write_text(tmp / complete_marker, "complete\n")
+        if dest.exists() and merge:
+            for f in sorted(tmp.rglob("*")):
+                if f.is_file():
+                    target = dest / f.relative_to(tmp)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(f, target)
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            old = None
+            if dest.exists():
+                old = dest.with_name(f".{dest.name}.{os.urandom(4).hex()}.old")
+                os.replace(dest, old)
+            try:
+                os.replace(tmp, dest)
+            except OSError:
+                if old is not None:  # put the previous folder back: a failed commit changes nothing
+                    os.replace(old, dest)
+                raise
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(dest.parent)
+    except (OSError, WriteError) as exc:
+        raise write_error(dest, exc) from exc
     return dest
 
 
@@ -314,7 +334,8 @@ def write_folder(dest: str | os.PathLike[str], writers: dict[str, Callable[[Path
                  overwrite: bool = False, error: type[HFVarInitError] = ReportError) -> Path:
     """Write a folder whole: every ``writers[name](path)`` writes one file (or sub-folder) into a staging folder,
     which then becomes ``dest`` (`atomic_folder`). If a writer raises, ``dest`` is untouched, nothing is left
-    behind and the writer's exception propagates as it is. `check_overwrite` decides whether ``dest`` may be written.
+    behind and the writer's exception propagates as it is, except a write failure (`is_write_failure`), which
+    becomes a `WriteError` naming ``dest``. `check_overwrite` decides whether ``dest`` may be written.
 
     Args:
         dest (`str` or `os.PathLike`): the folder.
@@ -329,7 +350,9 @@ def write_folder(dest: str | os.PathLike[str], writers: dict[str, Callable[[Path
 
     Raises:
         error: ``dest`` is refused by `check_overwrite` (nothing is written), or the file system refused the staging
-            folder or its rename (no permission, a full disk...; the staging folder is removed).
+            folder (no permission...; nothing is left).
+        `WriteError`: a write failed (a full disk, an I/O error, in a writer, an fsync or the rename), naming
+            ``dest`` and the file; ``dest`` keeps its previous content and the staging folder is removed.
 
     Example:
         >>> write_folder("out/study", {"README.md": lambda p: p.write_text("# Study")})  # doctest: +SKIP
@@ -345,8 +368,12 @@ def write_folder(dest: str | os.PathLike[str], writers: dict[str, Callable[[Path
                 in_writer = True
                 writer(target)
                 in_writer = False
-    except OSError as exc:
-        if in_writer:
+    except WriteError as exc:  # a file of the folder (named by its staging path), or the commit
+        raise write_error(path, exc, what="the folder") from exc
+    except Exception as exc:
+        if in_writer and is_write_failure(exc):  # a writer's own OSError, safetensors' or torch's I/O error
+            raise write_error(path, exc, what="the folder") from exc
+        if in_writer or not isinstance(exc, OSError):
             raise
         raise error(f"cannot write the report folder {path}: {exc.strerror or exc}") from exc
     return path

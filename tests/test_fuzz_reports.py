@@ -159,3 +159,21 @@ def test_the_schema_accepts_every_document_the_library_writes(tmp_path):
     validate_steady_state(json.loads(json.dumps(report.to_steady_state())))
     with pytest.raises(ReportError, match="the document is"):
         validate_steady_state([DOC])
+
+
+@pytest.mark.slow
+def test_fuzzed_stored_configs_load_or_raise_the_library_error():
+    """100 inputs of ``scripts/fuzz_report_configs.py`` (values inside a report's stored ``config`` mutated: lists,
+    huge numbers, nested objects, wrong types): each is accepted or raises a one-line `HFVarInitError`."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "fuzz_report_configs.py"), "--inputs", "100",
+                           "--seed", "0"], capture_output=True, text=True, timeout=600, cwd=root,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0 and summary["failures"] == 0, proc.stdout[-3000:]
+    assert summary["inputs"] == 100 and sum(summary["outcomes"].values()) == 100

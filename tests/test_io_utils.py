@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from hf_varinit.errors import ConfigError, ReportError
+from hf_varinit.errors import ConfigError, ReportError, WriteError
 from hf_varinit.io_utils import check_overwrite, write_folder
 
 
@@ -81,14 +81,16 @@ def test_the_empty_name_hands_the_writer_the_folder_itself(tmp_path):
     assert (out / "a.txt").read_text() == "a"
 
 
-def test_a_writers_own_error_propagates_but_a_file_system_refusal_is_the_librarys(tmp_path, monkeypatch):
+def test_a_writers_full_disk_is_a_write_error_naming_the_folder_and_a_refusal_is_the_callers(tmp_path, monkeypatch):
     import hf_varinit.io_utils as io_utils
 
     def disk_full(path):
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(WriteError, match=r"cannot write the folder .*out: No space left on device "
+                                         r"\[Errno 28: ENOSPC\]; free space on that file system") as caught:
         write_folder(tmp_path / "out", {"a.txt": disk_full})
+    assert caught.value.errno == 28 and os.listdir(tmp_path) == []
 
     def refused(dest):
         raise PermissionError(13, "Permission denied")

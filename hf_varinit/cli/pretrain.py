@@ -11,9 +11,13 @@ command that continues the run, and exits with 130 (SIGINT) or 143 (SIGTERM).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 
 from hf_varinit.cli.flags import FlagParser, add_dataclass_flags, flag_values
+from hf_varinit.cli.main import _error
+from hf_varinit.errors import LostRankError
 from hf_varinit.train.run_config import GROUPS, PretrainOptions, build_options, bundled_configs
 
 # the loop (torch, accelerate, transformers) is imported inside `run`, so `hf-varinit pretrain --help` is fast
@@ -52,7 +56,17 @@ def parse_options(argv: Sequence[str] | None = None) -> PretrainOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Pretrain with the ``--config`` file's options, the flags typed overriding them; return the exit code."""
+    """Pretrain with the ``--config`` file's options, the flags typed overriding them; return the exit code.
+
+    After a lost rank (`LostRankError`) the process prints its one line and leaves at once (exit code 1): a broken
+    gloo group cannot be torn down in-process (freeing the model may wait forever on gloo's threads).
+    """
     from hf_varinit.train.loop import run_pretrain
 
-    return run_pretrain(options_from_namespace(args)).exit_code
+    try:
+        return run_pretrain(options_from_namespace(args)).exit_code
+    except LostRankError as exc:
+        _error("pretrain", exc)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)

@@ -1,11 +1,16 @@
-"""The one per-tensor moment kernel: mean, population variance and second moment of weights (dense or sharded).
+"""The moment kernels: mean, population variance and second moment of weights (dense, ZeRO-3 or sharded).
 
-Every tensor (or slice of one) is reduced to its element count, sum and sum of squares (two BLAS-speed
-passes, not Welford; no ``.item()``); `combine` turns the rows of all tensors into the population mean and
-variance in float64, ``var = E[x^2] - E[x]^2``, exact enough for weights, whose mean is small next to their
-spread. The second moment is ``var + mean^2``. (``torch.var_mean`` gives the same numbers to ~1e-6 but is
-~8x slower on CPU.) Dense tensors are summed in float32; shards in float64, since their partial sums are
-added across ranks.
+Every tensor (or slice of one) is reduced to its element count, sum and sum of squares (vectorised passes, not
+Welford; no ``.item()``); `combine` turns them into the population mean and variance in float64,
+``var = E[x^2] - E[x]^2``, exact enough for weights, whose mean is small next to their spread. The second moment
+is ``var + mean^2``. (``torch.var_mean`` gives the same numbers to ~1e-6 but is ~8x slower on CPU.)
+
+Dense and ZeRO-3 weights: `DenseMoments`. Each parameter is reduced once, whatever its slices: it is viewed as
+``(R, g)`` rows of ``g`` contiguous elements, ``g`` chosen so that every slice of it (GPT-2's fused Q/K/V column
+blocks, row blocks, per-head parts) is a union of whole rows; each row gives its float32 sum and sum of squares
+(two reductions over the parameter, no copy of any slice). The (rows, 2) pieces of all parameters are
+concatenated on the device and moved to the host in ONE transfer, where the rows are added into their entries
+in float64.
 
 Sharded (FSDP2 / DTensor) weights are never gathered when avoidable: every rank reduces its local shard, and
 the rows of all entries are summed across ranks by ONE ``all_reduce`` per record. A `TensorRole` slice applies
@@ -26,6 +31,7 @@ entries of one parameter (fused Q/K/V) share one gather.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 from collections.abc import Iterator
@@ -44,10 +50,11 @@ try:  # private, but the one place that knows how DTensor lays out uneven shards
 except ImportError:  # pragma: no cover - older / newer torch without it
     _local_offset = None
 
-__all__ = ["combine", "is_sharded", "is_zero3", "local_moments", "needs_all_ranks", "partial_sums", "rebind",
-           "require_deepspeed", "second_moment", "var_mean"]
+__all__ = ["DenseMoments", "combine", "is_sharded", "is_zero3", "local_moments", "needs_all_ranks", "partial_sums",
+           "rebind", "require_deepspeed", "second_moment", "var_mean"]
 
 Entries = list[tuple[TensorRole, nn.Parameter]]
+MIN_ROW = 16  # shorter rows (slices finer than this): each slice of the parameter is reduced through its view
 
 
 def partial_sums(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -232,3 +239,108 @@ def rebind(roles: list[TensorRole], model: nn.Module) -> Entries:
     cannot be viewed on an unevenly sharded DTensor). Get the roles from the unsharded model, shard, rebind.
     """
     return [(role, model.get_parameter(role.name)) for role in roles]
+
+
+# ----------------------------------------------------------------------------- dense weights: one pass per parameter
+
+
+def _masks(role: TensorRole, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) bool masks of ``role`` over ``shape`` seen as (rows, last dim): its elements are the
+    selected columns of the selected rows (a slice runs along one axis)."""
+    ndim, last = len(shape), shape[-1]
+    rows, cols = np.ones(math.prod(shape) // last, dtype=bool), np.ones(last, dtype=bool)
+    if role.slice is not None:
+        axis = role.slice.axis(ndim)
+        keep = role.slice.select(torch.arange(shape[axis]), shape[axis]).numpy()
+        if axis == ndim - 1:
+            cols = keep
+        else:  # row r holds index (r // inner) % shape[axis] along the axis
+            rows = keep[(np.arange(len(rows)) // math.prod(shape[axis + 1 : -1])) % shape[axis]]
+    return rows, cols
+
+
+class DenseMoments:
+    """[variance, mean] of every entry of dense (or DeepSpeed ZeRO-3) weights: one reduction pass per parameter,
+    however many slices it holds, and one device-to-host transfer per call.
+
+    A parameter tracked whole gives one row (its sum and dot product with itself); a sliced one gives a row per
+    ``g`` contiguous elements (row sums and row norms), ``g`` the largest length on which all its slices start and
+    end; slices finer than `MIN_ROW` elements are reduced through their views.
+
+    Args:
+        entries (`list[tuple[TensorRole, nn.Parameter]]`): roles and their parameters (not DTensors).
+        shapes (`list[tuple[int, ...]]`, *optional*): the full shape of each entry's parameter, where the parameter
+            is a ZeRO-3 placeholder (default: the parameters' own shapes).
+
+    Example:
+        >>> moments = DenseMoments(tracked_roles(model))
+        >>> moments()  # (T, 2) float32 [population variance, mean] on the CPU
+    """
+
+    def __init__(self, entries: Entries, shapes: list[tuple[int, ...]] | None = None):
+        shapes = shapes or [tuple(param.shape) for _, param in entries]
+        self.roles = [role for role, _ in entries]
+        by_param: dict[int, list[int]] = {}
+        for i, (_, param) in enumerate(entries):
+            by_param.setdefault(id(param), []).append(i)
+        self.groups: list[tuple[nn.Parameter, int | None, list[int]]] = []  # (param, row length g, its entries)
+        self.count = np.zeros(len(entries))
+        pair_entry, pair_row, offset = [], [], 0  # entry i adds row r of the concatenated pieces
+        for members in by_param.values():
+            shape = shapes[members[0]] or (1,)
+            masks = [_masks(self.roles[i], shape) for i in members]
+            for i, (rows, cols) in zip(members, masks):
+                self.count[i] = rows.sum() * cols.sum()
+            if all(self.roles[i].slice is None for i in members):  # whole: one row
+                g, n_rows, ids = math.prod(shape), 1, [np.zeros(1, dtype=np.int64)] * len(members)
+            else:
+                edges = [int(e) for _, cols in masks for e in np.flatnonzero(np.diff(np.r_[False, cols, False]))]
+                g = math.gcd(shape[-1], *edges)  # every slice starts and ends on a row boundary
+                if g < MIN_ROW:
+                    g, n_rows, ids = None, len(members), [np.array([k]) for k in range(len(members))]
+                else:
+                    per_row, n_rows = shape[-1] // g, math.prod(shape) // g
+                    ids = [(np.flatnonzero(rows)[:, None] * per_row + np.flatnonzero(cols[::g])).reshape(-1)
+                           for rows, cols in masks]
+            for i, rows in zip(members, ids):
+                pair_entry += [i] * len(rows)
+                pair_row += (offset + rows).tolist()
+            self.groups.append((entries[members[0]][1], g, members))
+            offset += n_rows
+        self._pair_entry, self._pair_row = np.asarray(pair_entry, dtype=np.int64), np.asarray(pair_row, np.int64)
+
+    @torch.no_grad()
+    def __call__(self) -> torch.Tensor:
+        """(T, 2) float32 ``[population variance, mean]`` of every entry, on the CPU."""
+        sums, squares = [], []  # per parameter: its rows' sums and sums of squares, on its device
+        for param, g, members in self.groups:
+            with _whole(param):  # ZeRO-3: gathered on every rank, one parameter at a time
+                data = param.detach().float()  # no copy for float32 weights
+                if g is None:
+                    parts = [self.roles[i].view(data).reshape(-1) for i in members]
+                    sums += [part.sum().view(1) for part in parts]
+                    squares += [torch.dot(part, part).view(1) for part in parts]
+                elif g == data.numel():
+                    flat = data.reshape(-1)
+                    sums.append(flat.sum().view(1))
+                    squares.append(torch.dot(flat, flat).view(1))
+                else:
+                    rows = data.reshape(-1, g)  # (R, g): a view of contiguous weights
+                    sums.append(rows.sum(1))
+                    squares.append(torch.linalg.vector_norm(rows, dim=1).square())
+        device = sums[0].device
+        stats = torch.stack((torch.cat([x.to(device) for x in sums]), torch.cat([x.to(device) for x in squares])), 1)
+        stats = stats.cpu().double().numpy()  # (rows, 2): the one device-to-host transfer
+        totals = np.stack([np.bincount(self._pair_entry, stats[self._pair_row, k], minlength=len(self.roles))
+                           for k in (0, 1)], axis=1)
+        return combine(torch.from_numpy(self.count), torch.from_numpy(totals))
+
+
+def _whole(param: torch.Tensor):
+    """A context in which ``param`` holds its full data (a ZeRO-3 gather on every rank; nothing otherwise)."""
+    if is_zero3(param):
+        return require_deepspeed().zero.GatheredParameters([param], modifier_rank=None)
+    return _NO_GATHER
+
+
+_NO_GATHER = contextlib.nullcontext()

@@ -1,8 +1,9 @@
 """`VarianceRecorder`: per-layer Q/K/V (and projection, embedding, head) weight statistics during training.
 
-Each record reduces every tracked tensor or slice with the moment kernel (`moments.var_mean`: two reductions
-per tensor, no ``.item()``, sharded weights summed over ranks by one all-reduce) and moves the (T, 2)
-``[var, mean]`` to the host in a single transfer.
+Each record reduces the tracked weights with a moment kernel and moves the result to the host in a single
+transfer, no ``.item()``: dense and ZeRO-3 weights with `moments.DenseMoments` (one pass per parameter, whatever
+its Q/K/V slices, the rows added into their entries on the host in float64), FSDP2 shards with `moments.var_mean`
+(per-rank partial sums, one all-reduce).
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from hf_varinit.arch.config import num_layers
 from hf_varinit.errors import HFVarInitError, RoleError, StatsError
 from hf_varinit.init.patch import init_plan
 from hf_varinit.init.roles import TensorRole, tracked_roles
-from hf_varinit.record.moments import is_zero3, needs_all_ranks, rebind, require_deepspeed, second_moment, var_mean
+from hf_varinit.record.moments import (
+    DenseMoments,
+    is_sharded,
+    is_zero3,
+    needs_all_ranks,
+    rebind,
+    require_deepspeed,
+    second_moment,
+    var_mean,
+)
 from hf_varinit.record.stats_file import save_stats
 
 
@@ -91,6 +101,7 @@ class VarianceRecorder:
         self.entries: list[tuple[TensorRole, nn.Parameter]] = rebind(roles, self.model)
         if not self.entries:
             raise StatsError(f"{type(self.model).__name__} has no tracked weights (no linear or embedding layers)")
+        self._dense = self._dense_kernel()
         # default: the rule `from_config` / `apply_init` built the model with
         self.rule = rule if rule is not None else getattr(self.model, "varinit_init_rule", None)
         self._steps: list[int] = []
@@ -114,11 +125,18 @@ class VarianceRecorder:
         ``torch.compile``), keeping the roles taken from the model the recorder was built with."""
         self.model = unwrap(model)
         self.entries = rebind([entry for entry, _ in self.entries], self.model)
+        self._dense = self._dense_kernel()
+
+    def _dense_kernel(self) -> DenseMoments | None:
+        """The one-pass kernel of unsharded weights (the full shapes from `shape_model` under ZeRO-3)."""
+        if is_sharded(self.entries):
+            return None
+        return DenseMoments(self.entries, [tuple(self._shapes.get_parameter(e.name).shape) for e, _ in self.entries])
 
     @torch.no_grad()
     def compute(self) -> torch.Tensor:
-        """(T, 2) float32 tensor of [population variance, mean] per tracked tensor, on the weights' device."""
-        return var_mean(self.entries)
+        """(T, 2) float32 tensor of [population variance, mean] per tracked tensor, on the CPU (one transfer)."""
+        return self._dense() if self._dense is not None else var_mean(self.entries).cpu()
 
     def record(self, step: int) -> None:
         """Record the statistics at ``step`` (steps must increase; a repeated step is ignored)."""
@@ -127,7 +145,7 @@ class VarianceRecorder:
             if step == self._steps[-1]:
                 return
             raise StatsError(f"VarianceRecorder: step {step} is before the last recorded step {self._steps[-1]}")
-        self._rows.append(self.compute().cpu().numpy())  # the one device-to-host transfer of this record
+        self._rows.append(self.compute().numpy())  # computed with one device-to-host transfer
         self._steps.append(int(step))
 
     def maybe_record(self, step: int) -> bool:

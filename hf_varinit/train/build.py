@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import os
 import tempfile
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import (
     DataLoaderConfiguration,
     DistributedType,
+    InitProcessGroupKwargs,
     is_mlu_available,
     is_npu_available,
     is_tensorboard_available,
@@ -89,17 +92,33 @@ def _check_tracker(report_to: str) -> list[str]:
     return [report_to]
 
 
+def set_collective_timeout(timeout: timedelta) -> None:
+    """The default process group's timeout, which every collective of the run uses (DDP's, Accelerate's gathers,
+    ``fully_shard``'s and ``torch.distributed.checkpoint``'s): after it, a rank waiting for a dead or hung one raises.
+
+    Accelerate passes ``InitProcessGroupKwargs(timeout=)`` to ``init_process_group``, but leaves out a value equal to
+    its own default (600 s, so torch's 30-minute gloo default would apply), and a group made earlier (a user's
+    script, an earlier run in the process) keeps its own. So it is set here on the group itself.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.distributed_c10d._set_pg_timeout(timeout)  # torch's only way to change a made group's timeout
+
+
 def make_accelerator(options: TrainingOptions, output_dir: Path, *trackers: GeneralTracker) -> Accelerator:
-    """The run's `Accelerator`: precision, gradient accumulation, global batches split over the processes, and the
-    trackers (``trackers`` and ``--report-to``). Under Accelerate's FSDP, checkpoints hold the sharded state.
+    """The run's `Accelerator`: precision, gradient accumulation, global batches split over the processes, the
+    trackers (``trackers`` and ``--report-to``) and the collective timeout (``--collective-timeout``, the process
+    group's). Under Accelerate's FSDP, checkpoints hold the sharded state.
     """
     log_with = [*trackers, *_check_tracker(options.report_to)]
     reset_accelerate_state()  # an earlier in-process Accelerator (a Trainer, say) must not fix our precision
+    timeout = timedelta(seconds=options.collective_timeout)
     accelerator = Accelerator(
         cpu=_multi_process_without_accelerator(), mixed_precision=options.mixed_precision,
         gradient_accumulation_steps=options.grad_accum, log_with=log_with or None, project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
     )
+    set_collective_timeout(timeout)
     if accelerator.distributed_type == DistributedType.FSDP:
         accelerator.state.fsdp_plugin.set_state_dict_type("SHARDED_STATE_DICT")  # each rank saves its shards
     return accelerator

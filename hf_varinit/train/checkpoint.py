@@ -4,7 +4,11 @@ Every process writes its part of the Accelerate state into ``checkpoints/.tmp_st
 the variance records up to N, ``trainer_state.json`` (a `RunState`) and the tokenizer, and
 `hf_varinit.io_utils.commit_folder` writes the ``COMPLETE`` marker last and renames the folder to ``step_N``.
 Resume reads only folders holding the marker, and the step comes from ``trainer_state.json``, never from the
-folder name. Old checkpoints are pruned only after a new one is complete.
+folder name; every rank must find the same one. Old checkpoints are pruned only after a new one is complete.
+
+A failed write (a full disk, an I/O error) on any rank stops every rank with the same `WriteError` naming the
+folder or file (`hf_varinit.train.faults.all_ranks_write`): the staging folder is removed, and the previous
+checkpoint, ``variance.safetensors`` and ``final/`` are as they were, so ``--resume`` continues once there is space.
 
 Sharded weights: under Accelerate's FSDP, ``save_state`` writes each rank's shards itself (SHARDED_STATE_DICT);
 under torch's ``fully_shard`` without it (`build.prepare_model`), `save_sharded_state` adds the model and optimizer
@@ -18,6 +22,7 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +38,13 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 
-from hf_varinit.errors import ConfigError
+from hf_varinit.errors import ConfigError, is_write_failure, write_error
 from hf_varinit.io_utils import atomic_folder, atomic_write_json, commit_folder, staging_folder
 from hf_varinit.record.stats_file import load_stats
+from hf_varinit.train.faults import all_ranks_write
 
 CHECKPOINTS = "checkpoints"
+STATS = "variance.safetensors"
 COMPLETE = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
 _PREFIX = "step_"
@@ -47,7 +54,7 @@ SHARDED = "sharded_state"  # the torch.distributed.checkpoint folder of the full
 # Options a resumed run may change; any other difference would make it a different run.
 RESUMABLE_CHANGES = frozenset({"output_dir", "resume", "eval_every", "eval_batches", "log_every", "report_to",
                                "checkpoint_every", "keep_last", "cache_dir", "on_nonfinite", "disable_tqdm",
-                               "compile"})
+                               "compile", "collective_timeout"})
 # Options a resumed run may raise (never lower): max_steps continues a run past its end, the warmup + cosine
 # schedule rebuilt over the new value.
 GROWABLE = frozenset({"max_steps"})
@@ -146,29 +153,76 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int | None) -> l
     return removed
 
 
+def _resume_hint(output_dir: Path) -> Callable[[], str]:
+    """What a failed write's message says to do next: resume from the newest complete checkpoint, if there is one."""
+    def hint() -> str:
+        last = find_latest_checkpoint(output_dir)
+        return (f"continue with --resume (from {last.name}, the newest complete checkpoint, left intact)" if last
+                else "run again (no checkpoint was complete yet)")
+    return hint
+
+
 def save_checkpoint(accelerator, output_dir: Path, state: RunState, recorder, tokenizer, metadata: dict,
                     keep_last: int | None) -> Path:
     """``checkpoints/step_N``: Accelerate state + records up to N + trainer_state.json + tokenizer, atomically.
 
-    Every process writes its part of the Accelerate state (its RNG state) into the staging folder; the main
-    process then adds the rest and commits it, refreshes ``output_dir/variance.safetensors`` and prunes.
+    Every process writes its part of the Accelerate state (its RNG state; its shards under ``fully_shard``) into the
+    staging folder; the main process then adds the rest and commits it, refreshes ``output_dir/variance.safetensors``
+    and prunes. Each phase ends with every rank agreeing on its outcome (`all_ranks_write`).
+
+    Raises:
+        `WriteError`: on every rank, when a rank's write failed; the staging folder is removed, the previous
+            checkpoints and ``variance.safetensors`` are untouched.
     """
+    main = accelerator.is_main_process
     dest = checkpoint_root(output_dir) / f"{_PREFIX}{state.step}"
     tmp = dest.parent / f"{_TMP_PREFIX}{state.step}"
-    if accelerator.is_main_process:
-        tmp = staging_folder(dest, name=tmp.name)  # a leftover of a killed save is emptied first
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        recorder.save(tmp, metadata)
-        tokenizer.save_pretrained(str(tmp))
-        state.save(tmp)
-        commit_folder(tmp, dest, complete_marker=COMPLETE)
-        recorder.save(output_dir, metadata)
-        prune_checkpoints(output_dir, keep_last)
-    accelerator.wait_for_everyone()
+    hint = _resume_hint(output_dir)
+
+    def remove_staging() -> None:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    with all_ranks_write(accelerator, dest, what="the checkpoint", then=hint, cleanup=remove_staging):
+        if main:
+            staging_folder(dest, name=tmp.name)  # a leftover of a killed save is emptied first
+    with all_ranks_write(accelerator, dest, what="the checkpoint", then=hint, cleanup=remove_staging):
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    with all_ranks_write(accelerator, dest, what="the checkpoint", then=hint, cleanup=remove_staging):
+        if main:
+            recorder.save(tmp, metadata)
+            tokenizer.save_pretrained(str(tmp))
+            state.save(tmp)
+            commit_folder(tmp, dest, complete_marker=COMPLETE)
+    with all_ranks_write(accelerator, output_dir / STATS, what="the statistics file", then=hint):
+        if main:  # the checkpoint is complete: a failure here leaves the previous statistics file
+            recorder.save(output_dir, metadata)
+            prune_checkpoints(output_dir, keep_last)
     return dest
+
+
+def save_outputs(accelerator, output_dir: Path, model, recorder, tokenizer, metadata: dict, tokens: int) -> Path:
+    """At the end of a run: ``variance.safetensors`` (with ``metadata``), then ``final/`` (`save_final`), written
+    by the main process; every rank gathers the sharded weights first and agrees on the outcome last.
+
+    Returns:
+        The ``final/`` folder.
+
+    Raises:
+        `WriteError`: on every rank, when a write failed (naming the file or ``final/``; nothing half-written).
+    """
+    final_dir = output_dir / "final"
+    weights = full_state_dict(model)  # gathered on every rank when sharded (None otherwise)
+    hint = _resume_hint(output_dir)
+    with all_ranks_write(accelerator, output_dir / STATS, what="the statistics file", then=hint):
+        if accelerator.is_main_process:
+            recorder.save(output_dir, metadata)
+    with all_ranks_write(accelerator, final_dir, what="final/", then=hint):
+        if accelerator.is_main_process:
+            unwrapped = extract_model_from_parallel(model)
+            unwrapped.config.varinit_train_tokens = tokens  # the weights' training cost, for a report of them
+            save_final(unwrapped, tokenizer, final_dir, weights)
+    return final_dir
 
 
 def load_checkpoint(accelerator, output_dir: Path, recorder, options: dict[str, dict[str, Any]]
@@ -181,8 +235,20 @@ def load_checkpoint(accelerator, output_dir: Path, recorder, options: dict[str, 
 
     Returns:
         The folder and its `RunState`.
+
+    Raises:
+        `ConfigError`: no complete checkpoint, options that make another run, or processes that see different
+            newest checkpoints (an output folder that is not one shared folder).
     """
     folder = find_latest_checkpoint(output_dir)
+    if accelerator.num_processes > 1:  # every rank must continue from the same checkpoint
+        seen = [None] * accelerator.num_processes
+        torch.distributed.all_gather_object(seen, None if folder is None else str(folder))
+        if len(set(seen)) > 1:
+            found = ", ".join(f"rank {rank}: {name}" for rank, name in enumerate(seen))
+            raise ConfigError(f"--resume: the processes see different newest checkpoints in "
+                              f"{checkpoint_root(output_dir)} ({found}); give every process the same shared "
+                              f"--output-dir")
     if folder is None:
         raise ConfigError(f"--resume: no complete checkpoint in {checkpoint_root(output_dir)} (folders without a "
                           f"{COMPLETE} marker are ignored); run without --resume to start from scratch")
@@ -227,8 +293,16 @@ def save_final(model, tokenizer, final_dir: Path, state_dict: dict[str, torch.Te
 
     Args:
         state_dict (`dict`, *optional*): the full weights of a sharded model (`full_state_dict`).
+
+    Raises:
+        `WriteError`: a write failed (a full disk, an I/O error): ``final/`` is as it was, no staging folder is left.
     """
-    with atomic_folder(final_dir) as tmp:
-        model.save_pretrained(str(tmp), state_dict=state_dict)
-        tokenizer.save_pretrained(str(tmp))
+    try:
+        with atomic_folder(final_dir) as tmp:
+            model.save_pretrained(str(tmp), state_dict=state_dict)
+            tokenizer.save_pretrained(str(tmp))
+    except Exception as exc:
+        if is_write_failure(exc):  # safetensors' and torch's writers raise their own types
+            raise write_error(final_dir, exc, what="final/") from exc
+        raise
     return final_dir

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import extract_model_from_parallel, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -68,16 +68,18 @@ from hf_varinit.train.checkpoint import (
     CHECKPOINTS,
     COMPLETE,
     RunState,
+    checkpoint_root,
     complete_checkpoints,
     find_latest_checkpoint,
-    full_state_dict,
     load_checkpoint,
     save_checkpoint,
-    save_final,
+    save_outputs,
 )
 from hf_varinit.train.console import print_summary, quiet_console, tqdm_disabled_by_env
+from hf_varinit.train.faults import LostRankGuard
 from hf_varinit.train.interrupt import StopSignals, continue_command, invoked_command, signal_name
 from hf_varinit.train.metrics import MetricsFile, Throughput, finite_or_none
+from hf_varinit.train.precision import enable_cpu_fp16, optimizer_step
 from hf_varinit.train.run_config import PretrainOptions, command_line
 
 METRICS = "metrics.jsonl"
@@ -134,6 +136,9 @@ def run_pretrain(options: PretrainOptions, *, command: str | list[str] | None = 
     Raises:
         `ConfigError`: unusable options or output folder, or ``--resume`` without a matching checkpoint.
         `NonFiniteLossError`: a NaN/inf loss with ``--on-nonfinite error`` (the statistics so far are kept).
+        `WriteError`: a checkpoint, the statistics file or ``final/`` could not be written (a full disk, an I/O
+            error); what was there before is intact, and ``--resume`` continues once the cause is fixed.
+        `LostRankError`: another process died or did not answer within ``--collective-timeout`` seconds.
     """
     t0 = time.perf_counter()
     t = options.training
@@ -148,9 +153,10 @@ def run_pretrain(options: PretrainOptions, *, command: str | list[str] | None = 
     command = command or invoked_command("pretrain") or command_line(options)
     metrics = MetricsFile(output_dir / METRICS)
     with StopSignals(enabled=handle_signals) as stop, quiet_console(disable_progress_bars=_no_progress_bars(options)):
-        accelerator = make_accelerator(t, output_dir, metrics)
+        accelerator = enable_cpu_fp16(make_accelerator(t, output_dir, metrics))  # fp16 on CPU: autocast + scaler
         try:
-            return _train(accelerator, options, output_dir, metrics, t0, stop, command)
+            with LostRankGuard(accelerator, t.collective_timeout, checkpoint_root(output_dir)) as guard:
+                return _train(accelerator, options, output_dir, metrics, t0, stop, command, guard)
         finally:
             accelerator.end_training()
             reset_accelerate_state()  # lets the next in-process run pick its own mixed precision
@@ -161,7 +167,7 @@ def _no_progress_bars(options: PretrainOptions) -> bool:
 
 
 def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path, metrics: MetricsFile,
-           t0: float, stop: StopSignals, command: str | list[str]) -> TrainResult:
+           t0: float, stop: StopSignals, command: str | list[str], guard: LostRankGuard) -> TrainResult:
     t = options.training
     main = accelerator.is_main_process
     set_seed(t.seed)
@@ -181,6 +187,7 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
     records_here = main or recorder.collective  # sharded weights: every rank joins the record's collective
     metadata = stats_metadata(options, data.source, accelerator.num_processes)
     state, resumed = start_state(accelerator, output_dir, recorder, metrics, options)
+    guard.state = state  # a lost rank's message names the step
     accelerator.init_trackers("hf_varinit", config={f"{g}.{k}": v for g, d in options.to_dict().items()
                                                      for k, v in d.items() if v is not None})
     tracking = t.report_to != "none"
@@ -242,17 +249,11 @@ def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path,
                            resumed_from=resumed, stopped_by=stop.signum)
     if evaluation is None:  # resumed at the final step: nothing trained, still report the eval
         evaluation = evaluate(accelerator, model, eval_dl, t.eval_batches)
-    final_dir = output_dir / "final"
     if records_here:
         recorder.record(state.step)
-    weights = full_state_dict(model)  # gathered on every rank when sharded (None otherwise)
-    if main:
-        recorder.save(output_dir, {**metadata, "final_step": state.step, "eval_loss": finite_or_none(evaluation[0]),
-                                   "tokens": state.tokens, "compile_s": compile_s})
-        unwrapped = extract_model_from_parallel(model)
-        unwrapped.config.varinit_train_tokens = state.tokens  # the weights' training cost, for a report of them
-        save_final(unwrapped, data.tokenizer, final_dir, weights)
-    accelerator.wait_for_everyone()
+    final_dir = save_outputs(accelerator, output_dir, model, recorder, data.tokenizer, {
+        **metadata, "final_step": state.step, "eval_loss": finite_or_none(evaluation[0]), "tokens": state.tokens,
+        "compile_s": compile_s}, state.tokens)
     eval_loss, eval_ppl = evaluation
     result = TrainResult(output_dir=output_dir, stats_path=output_dir / STATS, metrics_path=metrics.path,
                          final_dir=final_dir, step=state.step, tokens=state.tokens, eval_loss=eval_loss,
@@ -309,7 +310,8 @@ def train_step(accelerator: Accelerator, model, optimizer, scheduler, batches: I
                options: PretrainOptions, state: RunState) -> StepOutcome:
     """One optimizer step: forward and backward over ``grad_accum`` micro-batches, then clip, step and schedule.
 
-    A NaN/inf loss leaves the weights and the schedule as they were. The gradient norm is measured when clipping,
+    A NaN/inf loss, or an inf/NaN gradient under the fp16 grad scaler (counted in ``state.scaler_skips``), leaves the
+    weights and the schedule as they were (`precision.optimizer_step`). The gradient norm is measured when clipping,
     and on the steps that write a metrics line.
     """
     t = options.training
@@ -324,16 +326,10 @@ def train_step(accelerator: Accelerator, model, optimizer, scheduler, batches: I
             break
     step_loss = (accelerator.reduce(window, "mean") / micro).item()
     grad_norm = None
-    if math.isfinite(step_loss):
-        params = [p for p in model.parameters() if p.requires_grad]
-        if t.grad_clip:
-            grad_norm = accelerator.clip_grad_norm_(params, t.grad_clip)
-        elif (state.step + 1) % t.log_every == 0:
-            grad_norm = accelerator.clip_grad_norm_(params, float("inf"))
-        optimizer.step()
-        if accelerator.optimizer_step_was_skipped:  # fp16 grad scaler found inf/nan gradients
-            state.scaler_skips += 1
-        scheduler.step()  # a skipped step does not advance the schedule
+    if math.isfinite(step_loss):  # clip, step; a step the fp16 grad scaler skips leaves the schedule as it was
+        grad_norm, skipped = optimizer_step(accelerator, model, optimizer, scheduler, t.grad_clip,
+                                            measure_norm=(state.step + 1) % t.log_every == 0)
+        state.scaler_skips += int(skipped)
     optimizer.zero_grad(set_to_none=True)
     return StepOutcome(step_loss, None if grad_norm is None else float(grad_norm), micro)
 

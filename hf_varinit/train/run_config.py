@@ -148,7 +148,8 @@ class TrainingOptions:
     )
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     grad_clip: float | None = field(default=1.0, metadata={"help": "max gradient norm (None or 0 = no clipping)"})
-    mixed_precision: str = field(default="no", metadata={"help": "no | bf16 | fp16 (fp16 needs a GPU)"})
+    mixed_precision: str = field(default="no", metadata={"help": "no | bf16 | fp16 (fp16 with a grad scaler; on CPU "
+                                                                     "torch's float16 autocast)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (its compile time is reported "
                                                            "apart from the step time)"})
     eval_every: int | None = field(default=50, metadata={"help": "evaluate every N steps (and at the end)"})
@@ -178,6 +179,13 @@ class TrainingOptions:
     disable_tqdm: bool = field(
         default=False, metadata={"help": "no progress bars (TQDM_DISABLE=1 in the environment does the same)"}
     )
+    collective_timeout: int = field(
+        default=600,
+        metadata={"help": "seconds a process waits for the others in a collective (all-reduce, barrier, sharded "
+                          "save) before it stops with an error naming the step and the missing rank; the guard for "
+                          "launchers that do not stop the other processes when one dies (srun, processes started by "
+                          "hand)"},
+    )
 
     def __post_init__(self):
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -188,7 +196,7 @@ class TrainingOptions:
         _check_positive("training", max_steps=self.max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
                         eval_every=self.eval_every, eval_batches=self.eval_batches, log_every=self.log_every,
                         record_every=self.record_every, checkpoint_every=self.checkpoint_every,
-                        keep_last=self.keep_last)
+                        keep_last=self.keep_last, collective_timeout=self.collective_timeout)
         ranges = {"seed": (0 <= self.seed < 2**32, "in [0, 2**32), e.g. 0"), "lr": (self.lr > 0, "> 0"),
                   "warmup_steps": (self.warmup_steps >= 0, ">= 0"), "weight_decay": (self.weight_decay >= 0, ">= 0"),
                   "momentum": (0.0 <= self.momentum < 1.0, "in [0, 1)"),
