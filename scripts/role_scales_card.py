@@ -57,7 +57,8 @@ def main() -> None:
         t = paired_test({s: a[s] for s in seeds}, {s: b[s] for s in seeds})
         tests.append({"difference": name, "seeds": t["n"], "mean": t["mean_diff"], "95% CI lo": t["t_lo"],
                       "95% CI hi": t["t_hi"], "paired t p": t["t_p"]})
-    one_run = run_cost(load_stats(next(best_dir.glob("seed*")) / "variance.safetensors").metadata)
+    first = next(r for r in sorted(best_dir.glob("seed*")) if (r / "final").is_dir())
+    one_run = run_cost(load_stats(first / "variance.safetensors").metadata)
     body = f"""---
 library_name: hf_varinit
 tags: [hf-varinit, initialization, language-model, init-study]
