@@ -20,6 +20,7 @@ freedom), the compile time and the peak RSS of each side. The last lines give th
     python scripts/bench_throughput.py                          # 5 rounds, n_embd 128 and 256, compile off and on
     python scripts/bench_throughput.py --rounds 5 --n-embd 128 256 --compile off --json benchmarks/throughput.json
     python scripts/bench_throughput.py --profile ours --n-embd 128  # cProfile of one run of the loop, top 25
+    python scripts/bench_throughput.py --merge a.json b.json --clock cpu  # the table of several runs' rounds
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ def report(results: list[dict], n_embds: list[int], compiles: list[str], clock: 
     summary = {"settings": [], "worst": {}}
     for n_embd in n_embds:
         for compile in compiles:
+            if not any((x["n_embd"], x["compile"]) == (n_embd, compile) for x in results):
+                continue  # a merge of runs of other settings
             row = {"n_embd": n_embd, "compile": compile}
             for side in ORDER:
                 rows = [x for x in results if (x["side"], x["n_embd"], x["compile"]) == (side, n_embd, compile)]
@@ -137,6 +140,20 @@ def report(results: list[dict], n_embds: list[int], compiles: list[str], clock: 
     return summary
 
 
+def merge(paths: list[str], clock: str) -> int:
+    """The table of the rounds of several runs (round r of run i becomes round 1000 i + r)."""
+    results = []
+    for i, path in enumerate(paths):
+        run = json.loads(Path(path).read_text())
+        results += [{**x, "round": 1000 * i + x["round"]} for x in run["runs"]]
+        loads = [f"{x[0]:.2f}" for x in run["load_average"]]
+        print(f"{path}: {1 + max(x['round'] for x in run['runs'])} rounds, {run['threads']} threads, load average "
+              f"{loads[0]} before, {loads[1]} after")
+    settings = sorted({(x["n_embd"], x["compile"]) for x in results})
+    report(results, sorted({n for n, _ in settings}), sorted({c for _, c in settings}), clock)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="gpt2-12l-tiny", help="YAML path or bundled config name (12 layers)")
@@ -154,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write every run and the summary to this file")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="tokens per second of wall time, or of the process's CPU time (a shared CPU)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="print the table of the rounds of these --json files (each run's rounds kept apart)")
     parser.add_argument("--side", choices=tuple(SIDES), help=argparse.SUPPRESS)  # a child: one side, one setting
     parser.add_argument("--json-child", help=argparse.SUPPRESS)
     parser.add_argument("--profile", choices=tuple(SIDES), help="cProfile one run of this side (first --n-embd, "
@@ -165,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         args.n_embd = args.n_embd[0] if isinstance(args.n_embd, list) else args.n_embd
         args.compile = args.compile[0] if isinstance(args.compile, list) else args.compile
         return child(args)
+    if args.merge:
+        return merge(args.merge, args.clock)
     results: list[dict] = []
     started = time.perf_counter()
     load_before = os.getloadavg()

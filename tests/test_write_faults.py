@@ -273,6 +273,27 @@ def test_a_full_disk_writing_the_statistics_keeps_the_previous_file_and_resume_e
     assert_same_run(tmp_path, uninterrupted)
 
 
+@pytest.mark.slow
+def test_a_full_disk_met_outside_the_writers_is_still_one_write_error(tmp_path, cache_dir, uninterrupted,
+                                                                      monkeypatch):
+    from hf_varinit.train.metrics import MetricsFile
+
+    real_log = MetricsFile.log
+
+    def log(self, values, step=None, **kwargs):  # metrics.jsonl's append meets a full disk at step 5
+        if step == 5:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        return real_log(self, values, step=step, **kwargs)
+
+    monkeypatch.setattr(MetricsFile, "log", log)
+    metrics = re.escape(str(tmp_path / "metrics.jsonl"))
+    with pytest.raises(WriteError, match=rf"^cannot write {metrics}: No space left on device \[Errno 28: ENOSPC\]"):
+        pretrain(tmp_path, cache_dir)
+    monkeypatch.undo()
+    assert pretrain(tmp_path, cache_dir, "--resume").resumed_from.name == "step_3"
+    assert_same_run(tmp_path, uninterrupted)
+
+
 # ----------------------------------------------------------------------------- reports and calibrations
 
 

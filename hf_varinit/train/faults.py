@@ -1,20 +1,23 @@
-"""How a multi-process run meets a fault: a lost rank, a failed write. Every rank stops with the same one-line error.
+"""How a run meets a fault: a lost rank, a failed write. Every rank stops with the same one-line error.
 
 A lost rank. When a process dies, a launcher such as ``torchrun`` or ``accelerate launch`` tears the others down.
 Without one (``srun``, processes started one by one) the others would wait in their next collective. Each waits at
 most ``--collective-timeout`` seconds (the process group's timeout, `build.make_accelerator`); gloo also fails at
-once when a peer's connection closes. `LostRankGuard` turns that failure, at the loop boundary, into a
+once when a peer's connection closes. `FaultGuard` turns that failure, at the loop boundary, into a
 `LostRankError` naming the last step completed and the missing rank (the other one of 2; with more processes, the
 ranks that did not report to the rendezvous store within a few seconds).
 
 A failed write. `all_ranks_write` runs a block that writes on some ranks (the main one, or every rank its part of a
 checkpoint), then lets every rank learn whether any rank's write failed, so all raise the same `WriteError`: no rank
-waits for one that gave up, and no checkpoint is committed with a rank's part missing.
+waits for one that gave up, and no checkpoint is committed with a rank's part missing. A full disk met anywhere else
+in the run (``metrics.jsonl``, a cache) reaches `FaultGuard` as an `OSError` and becomes a `WriteError` naming its
+file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +28,8 @@ import torch.distributed as dist
 from accelerate import Accelerator
 
 from hf_varinit.errors import HFVarInitError, LostRankError, WriteError, is_write_failure, write_error
+
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})  # only a write meets these
 
 # what gloo, NCCL and the store say when a peer died or stopped answering (torch 2.x raises RuntimeError or a
 # DistError subclass)
@@ -80,26 +85,31 @@ def missing_ranks(rank: int, world_size: int, tag: str, *, store=None, wait_s: f
     return tuple(r for r in range(world_size) if r not in alive)
 
 
-class LostRankGuard:
-    """A ``with`` block that turns a collective failed by a dead or silent rank into one `LostRankError`.
+class FaultGuard:
+    """A ``with`` block around a run: a collective failed by a dead or silent rank becomes one `LostRankError`, and
+    a full disk (``ENOSPC``, ``EDQUOT``, ``EFBIG``, ``EROFS``) that escaped the writers one `WriteError` naming its
+    file.
 
-    Set ``guard.state`` (the run's `RunState`) once the run has one: the message names its step.
+    Set ``guard.state`` (the run's `RunState`) once the run has one: the lost-rank message names its step.
 
     Args:
         accelerator (`Accelerator`): the run's; its process index and count are named.
         timeout_s (`float`): the collective timeout the process group was built with.
-        checkpoints (`Path`): the run's checkpoint folder, where ``--resume`` continues from.
+        output_dir (`Path`): the run's folder (``checkpoints/`` in it is where ``--resume`` continues from).
     """
 
-    def __init__(self, accelerator: Accelerator, timeout_s: float, checkpoints: Path):
+    def __init__(self, accelerator: Accelerator, timeout_s: float, output_dir: Path):
         self.rank, self.world_size = accelerator.process_index, accelerator.num_processes
-        self.timeout_s, self.checkpoints = timeout_s, checkpoints
+        self.timeout_s, self.output_dir, self.checkpoints = timeout_s, output_dir, output_dir / "checkpoints"
         self.state = None
 
-    def __enter__(self) -> LostRankGuard:
+    def __enter__(self) -> FaultGuard:
         return self
 
     def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+            raise write_error(exc.filename or self.output_dir, exc, then="continue with --resume (or run again when "
+                              "no checkpoint was complete)") from exc
         if self.world_size == 1 or not isinstance(exc, Exception) or not is_collective_failure(exc):
             return False
         time.sleep(DRAIN_S)  # GIL released: gloo's threads finish the failed work before the model can be freed

@@ -68,7 +68,6 @@ from hf_varinit.train.checkpoint import (
     CHECKPOINTS,
     COMPLETE,
     RunState,
-    checkpoint_root,
     complete_checkpoints,
     find_latest_checkpoint,
     load_checkpoint,
@@ -76,7 +75,7 @@ from hf_varinit.train.checkpoint import (
     save_outputs,
 )
 from hf_varinit.train.console import print_summary, quiet_console, tqdm_disabled_by_env
-from hf_varinit.train.faults import LostRankGuard
+from hf_varinit.train.faults import FaultGuard
 from hf_varinit.train.interrupt import StopSignals, continue_command, invoked_command, signal_name
 from hf_varinit.train.metrics import MetricsFile, Throughput, finite_or_none
 from hf_varinit.train.precision import enable_cpu_fp16, optimizer_step
@@ -155,7 +154,7 @@ def run_pretrain(options: PretrainOptions, *, command: str | list[str] | None = 
     with StopSignals(enabled=handle_signals) as stop, quiet_console(disable_progress_bars=_no_progress_bars(options)):
         accelerator = enable_cpu_fp16(make_accelerator(t, output_dir, metrics))  # fp16 on CPU: autocast + scaler
         try:
-            with LostRankGuard(accelerator, t.collective_timeout, checkpoint_root(output_dir)) as guard:
+            with FaultGuard(accelerator, t.collective_timeout, output_dir) as guard:  # lost ranks, disk errors
                 return _train(accelerator, options, output_dir, metrics, t0, stop, command, guard)
         finally:
             accelerator.end_training()
@@ -167,7 +166,7 @@ def _no_progress_bars(options: PretrainOptions) -> bool:
 
 
 def _train(accelerator: Accelerator, options: PretrainOptions, output_dir: Path, metrics: MetricsFile,
-           t0: float, stop: StopSignals, command: str | list[str], guard: LostRankGuard) -> TrainResult:
+           t0: float, stop: StopSignals, command: str | list[str], guard: FaultGuard) -> TrainResult:
     t = options.training
     main = accelerator.is_main_process
     set_seed(t.seed)
