@@ -86,7 +86,7 @@ Arms: `e04` = embedding_std 0.04, `e06` = 0.06; `r2` / `r3` = residual_scale 2 /
 
 `gpt2` and `optimal-pilot` are the committed runs of `lm-study-gpt2-12l` (its `runs.csv`); rerun with this code, their
 seeds 0-3 (`gpt2`) and 0-2 (`optimal-pilot`) reproduced the committed final eval losses to within 1e-6.
-Seeds evaluated: {seeds} (the session's budget; the remaining seeds extend it with the same commands).
+Seeds evaluated: {seeds}.
 
 ## Regenerate
 
