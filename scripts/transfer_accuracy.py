@@ -11,6 +11,7 @@ exist yet (still training) is skipped with a message. Modes, each run through th
 
 * ``fan-in from <proxy>``: ``width-transfer=fan-in`` from each proxy (also maps depth when it differs);
 * ``fit over <proxies>``: ``width-transfer=fit`` from the multi-run report of all width proxies (>= 2 widths);
+* ``fit-pooled over <proxies>``: ``width-transfer=fit-pooled`` from the same report (one shrunk exponent per role);
 * ``depth from <proxy>``: ``allow-depth-interpolation`` from each shallower proxy of the target's width (of another
   width: ``width-transfer=fan-in`` too).
 
@@ -22,8 +23,8 @@ than the floor.
 
 ``--rescore model_cards/<card>`` recomputes the summary and verdicts from a committed ``per_tensor.csv`` (runs no
 longer on disk): the copy baseline is rebuilt from the ``fan-in from <proxy>`` rows (V(W) of the proxy = prediction x
-fan_in(target) / fan_in(proxy)) and the init variance from the ``gpt2`` rule (initializer_range 0.02, residual
-projections / 2·n_layer).
+fan_in(target) / fan_in(proxy)), the ``fit-pooled`` mode from the same proxy values (`pooled_fit_table`, as the rule
+applies it) and the init variance from the ``gpt2`` rule (initializer_range 0.02, residual projections / 2·n_layer).
 
 The target's measured V(W) is its report's: the window mean when stationary, else its last recorded value (the
 CSV's ``measured_stationary`` column says which). Writes ``README.md`` (per mode and role: median and max
@@ -45,10 +46,12 @@ import hf_varinit as hv
 from hf_varinit.arch.config import hidden_size
 from hf_varinit.arch.keys import parse_layer_key
 from hf_varinit.init.optimal import OptimalRule
+from hf_varinit.init.transfer import TransferFit, pooled_fit_table
 from hf_varinit.io_utils import atomic_folder
 from hf_varinit.report.multi_run import combine_reports
 from hf_varinit.report.next_model import report_config
 from hf_varinit.report.report import VarianceReport
+from hf_varinit.report.transfer import fit_power_law
 
 ROLE_ORDER = ("q", "k", "v", "attn_out", "mlp_gate", "mlp_in", "mlp_out", "embedding", "position", "head")
 
@@ -85,7 +88,9 @@ def modes(target: VarianceReport, proxies: list[Path], depth_proxies: list[Path]
     widths = {hidden_size(load(p).config) for p in proxies}
     if len(widths) >= 2:
         combined = combine_reports([load(p) for p in proxies])
-        out[f"fit over {','.join(p.name for p in proxies)}"] = OptimalRule(loaded=combined, width_transfer="fit")
+        names = ",".join(p.name for p in proxies)
+        out[f"fit over {names}"] = OptimalRule(loaded=combined, width_transfer="fit")
+        out[f"fit-pooled over {names}"] = OptimalRule(loaded=combined, width_transfer="fit-pooled")
     for p in depth_proxies:
         report = load(p)
         if report.n_layer and target.n_layer and report.n_layer < target.n_layer:
@@ -159,9 +164,32 @@ def rescored(per_tensor: pd.DataFrame) -> pd.DataFrame:
     init = per_tensor.drop_duplicates("key").assign(mode="init variance", note="gpt2 rule, initializer_range 0.02")
     init["predicted"] = init["role"].map(lambda r: 0.02 ** 2 / (2 * n_layer) if r in ("attn_out", "mlp_out")
                                          else 0.02 ** 2)
-    out = pd.concat([per_tensor[~per_tensor["mode"].str.startswith(("copy from", "init variance"))], copy, init])
+    rebuilt = ("copy from", "init variance", "fit-pooled")
+    kept = per_tensor[~per_tensor["mode"].str.startswith(rebuilt)]
+    out = pd.concat([kept, copy, pooled_rows(fan_in, widths, target_width), init])
     out["abs_log_error"] = (out["predicted"] / out["measured"]).map(lambda x: abs(math.log(x)))
     return out
+
+
+def pooled_rows(fan_in: pd.DataFrame, widths: pd.Series, target_width: float) -> pd.DataFrame:
+    """``fit-pooled`` rows rebuilt from the proxies' V(W) that the ``fan-in from <proxy>`` rows carry."""
+    emb = fan_in["role"].isin(("embedding", "position"))
+    proxies = fan_in.assign(width=widths.astype(int),
+                            v_proxy=fan_in["predicted"].where(emb, fan_in["predicted"] * target_width / widths))
+    fits = {}
+    for key, rows in proxies.groupby("key", sort=False):
+        fit = fit_power_law(rows["width"].tolist(), rows["v_proxy"].tolist())  # every role's fan_in is ∝ the width
+        fit.variable = "width"
+        fits[key] = fit
+    names = ",".join(m.removeprefix("fan-in from ") for m in sorted(fan_in["mode"].unique(), key=len))
+    fit = TransferFit(widths=sorted(proxies["width"].unique().tolist()), depths=[], sources=[], n_layer=None,
+                      fits=fits)
+    table = pooled_fit_table(fit, {k: int(target_width) for k in fits}, None, int(target_width))
+    measured = fan_in.drop_duplicates("key").set_index("key")
+    return pd.DataFrame([{"mode": f"fit-pooled over {names}", "key": k, "role": measured.loc[k, "role"],
+                          "predicted": v, "measured": measured.loc[k, "measured"],
+                          "measured_stationary": measured.loc[k, "measured_stationary"], "note": f"rebuilt: {note}"}
+                         for k, (v, note) in table.items()])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -193,6 +193,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, cache_dir):
     stale = out / "checkpoints" / "step_7"  # incomplete: no COMPLETE marker, must be ignored
     stale.mkdir()
     (stale / "trainer_state.json").write_text(json.dumps({"step": 7}))
+    with full.metrics_path.open("a") as fh:  # killed while writing a metrics line: the torn line is dropped
+        fh.write('{"step": 7, "loss": 3.1')
     resumed = pretrain(out, cache_dir, *BASE, *with_dropout, "--resume")
     assert resumed.resumed_from.name == "step_3"
     again, stats2 = load_file(resumed.final_dir / "model.safetensors"), load_stats(resumed.stats_path)

@@ -14,6 +14,7 @@ import hf_varinit as hv
 from hf_varinit.cli.main import main as cli_main
 from hf_varinit.errors import ReportError
 from hf_varinit.init.roles import tracked_roles
+from hf_varinit.init.transfer import shrunk_exponent
 from hf_varinit.record.recipe import RunRecipe
 from hf_varinit.record.stats_file import save_stats
 from hf_varinit.report.multi_run import combine_reports
@@ -101,6 +102,37 @@ def test_embeddings_are_fitted_against_the_width_not_their_vocabulary_fan_in(tmp
     assert rows["embedding"].note == "fit alpha=0.8 vs width over widths 32,64"
     reloaded = VarianceReport.load(tmp_path / "r").transfer.fits["embedding"]
     assert reloaded.variable == "width"
+
+
+def test_shrunk_exponent_keeps_a_clear_trend_and_zeroes_noise():
+    assert shrunk_exponent([0.8, 0.81, 0.79, 0.8])[0] == pytest.approx(0.8, rel=1e-3)
+    assert shrunk_exponent([0.5, -0.5, 0.4, -0.3])[0] == 0.0  # mean 0.025, within 2 standard errors of 0
+    alpha, mean, se = shrunk_exponent([0.3, 0.1, 0.2, 0.2])  # mean 0.2, se 0.041: shrunk by (2 se / mean)^2
+    assert se == pytest.approx(0.0408, abs=1e-4) and alpha == pytest.approx(0.2 * (1 - (2 * se / 0.2) ** 2))
+    assert shrunk_exponent([0.7]) == (0.7, 0.7, 0.0)  # one tensor (an embedding): its own exponent
+
+
+def test_fit_pooled_follows_a_clean_law_and_copies_the_nearest_width_where_layers_disagree(tmp_path):
+    clean = combine_reports([VarianceReport.from_stats(recorded(gpt2(w), tmp_path / f"c{w}")) for w in (32, 64)])
+    target = gpt2(128)
+    rows = plan(target, f"optimal:report={clean.save(tmp_path / 'clean')},width-transfer=fit-pooled")
+    for key, fan in fans(target).items():
+        if key.startswith("layers."):  # every layer's exponent is ALPHA: no spread, nothing shrunk
+            expected = C * fan ** -ALPHA * (1 + int(key.split(".")[1]))
+            assert rows[key].std ** 2 == pytest.approx(expected, rel=1e-6), key
+    assert rows["layers.0.q"].note.startswith("fit-pooled alpha=0.8 (role mean 0.8 +- 0 se) from the run at fan_in 64")
+
+    def disagreeing(t):  # layer 0 rises with the width, layer 1 falls as fast: the role's mean exponent is 0
+        return C * t["fan_in"] ** (0.5 if t["layer"] == 0 else -0.5) if t["layer"] is not None else 1e-3
+
+    runs = [VarianceReport.from_stats(recorded(gpt2(w), tmp_path / f"d{w}", disagreeing)) for w in (32, 64)]
+    report = combine_reports(runs).save(tmp_path / "disagree")
+    pooled = plan(target, f"optimal:report={report},width-transfer=fit-pooled")
+    per_tensor = plan(target, f"optimal:report={report},width-transfer=fit")
+    copied = plan(target, f"optimal:report={report},width-transfer=copy")
+    for key in ("layers.0.q", "layers.1.q", "layers.1.mlp_out"):
+        assert pooled[key].std == pytest.approx(copied[key].std, rel=1e-9), key  # alpha 0: the 64-wide run's V(W)
+        assert per_tensor[key].std != pytest.approx(copied[key].std, rel=1e-3), key
 
 
 # --- fan-in -------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hf_varinit.errors import ConfigError, HFVarInitError
+from hf_varinit.init.transfer import WIDTH_TRANSFERS
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -121,9 +122,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-depth-interpolation", action="store_true",
                         help="with --report at another --n-layer: map V(W) by relative depth (the rule option "
                              "allow-depth-interpolation)")
-    parser.add_argument("--width-transfer", choices=("fan-in", "fit", "copy"), default=None,
+    parser.add_argument("--width-transfer", choices=WIDTH_TRANSFERS, default=None,
                         help="with --report at another --n-embd: move V(W) to the new fans (fan-in), by the width law "
-                             "of a multi-width report (fit), or unchanged (copy); also maps depth (default: none)")
+                             "of a multi-width report (fit: per tensor; fit-pooled: one shrunk exponent per role), or "
+                             "unchanged (copy); also maps depth (default: none)")
     parser.add_argument("--head", choices=("lm", "base", "seq-cls", "token-cls"), default="lm",
                         help="which model class: LM head, base model, or a classification head (default: %(default)s)")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",

@@ -7,8 +7,9 @@ A report is checked against the model by the shapes of the tracked tensors (the 
 meta device from its stored config, `hf_varinit.init.compatibility`): another architecture or tensor shape is
 refused, naming the first mismatching tensor; a report of another depth is mapped by relative depth only with
 ``allow-depth-interpolation``; one of another width only with ``width-transfer=fan-in`` (V(W) scaled by
-fan_in(source) / fan_in(target)) or ``width-transfer=fit`` (the power law of a multi-run report), which also maps
-depth (width first, on the source's layers, then depth: `hf_varinit.init.transfer`).
+fan_in(source) / fan_in(target)), ``width-transfer=fit`` / ``fit-pooled`` (the power law of a multi-run report,
+per tensor or per role) or ``width-transfer=copy``, which also map depth (width first, on the source's layers,
+then depth: `hf_varinit.init.transfer`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from hf_varinit.init.compatibility import check_compatible, table_fans
 from hf_varinit.init.roles import TRACKED_ROLES, TensorRole, tracked_roles
 from hf_varinit.init.rules import Init, InitRule, ModelContext, check_choice, get_rule
 from hf_varinit.init.table import VarianceTable, check_variances, read_variance_table
-from hf_varinit.init.transfer import WIDTH_TRANSFERS, copy_table, fan_in_table, fit_table, interpolate_depth
+from hf_varinit.init.transfer import (
+    WIDTH_TRANSFERS,
+    copy_table,
+    fan_in_table,
+    fit_table,
+    interpolate_depth,
+    pooled_fit_table,
+)
 
 NONSTATIONARY = ("last", "skip", "error")
 
@@ -42,8 +50,10 @@ class OptimalRule(InitRule):
         fallback: the rule for tensors the report lacks (default ``kaiming``).
         allow_depth_interpolation: map a report of another depth by relative depth.
         width_transfer: map a report of another width: ``fan-in`` (V(W) * fan_in source / fan_in target),
-            ``fit`` (V(W) = c * fan_in^-alpha fitted by ``hf-varinit report RUN_A RUN_B ...``) or ``copy`` (V(W)
-            unchanged, exponent 0: the baseline a width law must beat); each also maps depth.
+            ``fit`` (V(W) = c * fan_in^-alpha per tensor, fitted by ``hf-varinit report RUN_A RUN_B ...``),
+            ``fit-pooled`` (one exponent per role, shrunk toward 0 by its standard error over the layers, from the
+            run of the nearest width: `hf_varinit.init.transfer.pooled_fit_table`) or ``copy`` (V(W) unchanged,
+            exponent 0: the baseline a width law must beat); each also maps depth.
         nonstationary: what to do with tensors the report marks not stationary: ``last`` (use the last
             recorded value, noted in the plan), ``skip`` (use the fallback) or ``error``.
         roles: only tensors of these roles take V(W), joined by ``+`` (``q+k+v``; ``embedding+position+attn_out+
@@ -166,15 +176,16 @@ def _width_table(mode: str, table: VarianceTable, model, dst_depth: int | None) 
     if mode == "copy":
         return copy_table(table.variances, table.n_layer, dst_depth, hidden_size(table.config or {}))
     dst_fans = {entry.key: entry.fan_in for entry, _ in tracked_roles(model)}
-    if mode == "fit":
+    if mode in ("fit", "fit-pooled"):
         fit = table.transfer
         if fit is None or not fit.fits:
             widths = f" (widths {fit.widths})" if fit is not None else ""
-            raise ReportError(f"report {table.source!r} holds no width fit{widths}: 'width-transfer=fit' needs a "
+            raise ReportError(f"report {table.source!r} holds no width fit{widths}: 'width-transfer={mode}' needs a "
                               "report of runs at >= 2 widths, made with `hf-varinit report RUN_A RUN_B ... --output "
-                              "R`; or use 'width-transfer=fan-in'")
+                              "R`; or use 'width-transfer=copy' or 'width-transfer=fan-in'")
         config = getattr(model, "config", None)
-        return fit_table(fit, dst_fans, dst_depth, hidden_size(config) if config is not None else None)
+        apply = fit_table if mode == "fit" else pooled_fit_table
+        return apply(fit, dst_fans, dst_depth, hidden_size(config) if config is not None else None)
     src_fans = table_fans(table)
     if src_fans is None:
         raise ReportError(f"report {table.source!r}: the fans of its tensors are unknown (its model cannot be rebuilt "

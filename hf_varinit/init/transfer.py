@@ -10,6 +10,12 @@ makes the fits they read.
 * **fit** (`fit_table`): from runs at >= 2 widths, per role and relative depth V(W) = c * fan_in^(-alpha); the
   target's V(W) is predicted at its own fan_in. An embedding's fan_in is the vocabulary (or the positions), the
   same at every width, so embeddings are fitted against the width (their fan_out) instead: V(W) = c * width^(-alpha).
+* **fit-pooled** (`pooled_fit_table`): one exponent per role instead of one per tensor: the mean of the role's
+  per-tensor exponents, shrunk toward 0 by its standard error over the layers (to exactly 0, the copy, when the
+  mean is within `POOLED_Z` standard errors of 0); each tensor's V(W) is then carried from the run whose width is
+  nearest the target's. With two widths a per-tensor exponent is fitted on two points and carries their noise
+  whole; the pooled one averages it over the layers and falls back to copying where the data do not support a
+  trend.
 
 Order when width and depth both change: first predict at the target's fans on the source's depth grid (the
 report's layers, or for a fit the deepest run's layers), then interpolate along depth to the target's layers.
@@ -30,9 +36,11 @@ from hf_varinit.errors import ReportError
 
 __all__ = ["WIDTH_TRANSFERS", "PowerLawFit", "TransferFit", "check_only_scale_differs", "copy_table", "depth_map",
            "fan_in_table",
-           "fit_table", "interpolate_depth", "role_fans", "scale_config_keys"]
+           "fit_table", "interpolate_depth", "pooled_fit_table", "role_fans", "scale_config_keys",
+           "shrunk_exponent"]
 
-WIDTH_TRANSFERS = ("fan-in", "fit", "copy")
+WIDTH_TRANSFERS = ("fan-in", "fit", "fit-pooled", "copy")
+POOLED_Z = 2.0  # fit-pooled: a role's mean exponent is shrunk to 0 when it is within 2 standard errors of 0
 
 
 def interpolate_depth(variances: dict[str, float], src_layers: int, dst_layers: int) -> dict[str, tuple[float, str]]:
@@ -176,6 +184,50 @@ def fit_table(fit: TransferFit, dst_fans: Mapping[str, int], dst_layers: int | N
     widths = ",".join(map(str, fit.widths))
     alpha_at = depth_map(alphas, fit.n_layer, dst_layers)  # the exponent used, interpolated like V(W)
     return {key: (v, _join(f"fit alpha={alpha_at[key][0]:.3g}{versus.get(key, '')} over widths {widths}", where))
+            for key, (v, where) in depth_map(predicted, fit.n_layer, dst_layers).items()}
+
+
+def shrunk_exponent(alphas: Sequence[float], z: float = POOLED_Z) -> tuple[float, float, float]:
+    """(shrunk exponent, mean, standard error) of a role's per-tensor exponents.
+
+    The mean is scaled by ``max(0, 1 - (z * se / mean)^2)``: kept nearly whole when it is many standard errors
+    from 0, set to 0 (copy) when within ``z`` of them. One tensor (an embedding) has no spread: its own exponent.
+    """
+    n = len(alphas)
+    mean = math.fsum(alphas) / n
+    if n < 2:
+        return mean, mean, 0.0
+    se = math.sqrt(math.fsum((a - mean) ** 2 for a in alphas) / (n - 1) / n)
+    if mean == 0.0:
+        return 0.0, mean, se
+    return mean * max(0.0, 1.0 - (z * se / mean) ** 2), mean, se
+
+
+def pooled_fit_table(fit: TransferFit, dst_fans: Mapping[str, int], dst_layers: int | None,
+                     dst_width: int | None = None, z: float = POOLED_Z) -> dict[str, tuple[float, str]]:
+    """``width-transfer=fit-pooled``: V(W) of the run nearest the target's width, scaled by (x_target /
+    x_nearest)^(-alpha_role) with one shrunk exponent per role (`shrunk_exponent`), then mapped to ``dst_layers``.
+
+    ``x`` is the fan_in (embeddings: the width), as in `fit_table`; keys the target lacks are left out.
+    """
+    dst = role_fans(dst_fans)
+    by_role: dict[str, list[float]] = {}
+    for key, f in fit.fits.items():
+        by_role.setdefault(parse_layer_key(key)[1], []).append(f.alpha)
+    exponents = {role: shrunk_exponent(alphas, z) for role, alphas in by_role.items()}
+    predicted, notes = {}, {}
+    for key, f in fit.fits.items():
+        role = parse_layer_key(key)[1]
+        x = dst_width if f.variable == "width" else dst.get(role)
+        if role not in dst or not x:
+            continue
+        alpha, mean, se = exponents[role]
+        near = min(range(len(f.fan_in)), key=lambda i: abs(math.log(f.fan_in[i] / x)))
+        predicted[key] = f.v_w[near] * (x / f.fan_in[near]) ** (-alpha)
+        width = f.fan_in[near] if f.variable == "width" else f"fan_in {f.fan_in[near]}"
+        notes[role] = (f"fit-pooled alpha={alpha:.3g} (role mean {mean:.3g} +- {round(se, 4):.2g} se) from the run at "
+                       f"{'width ' if f.variable == 'width' else ''}{width}")
+    return {key: (v, _join(notes[parse_layer_key(key)[1]], where))
             for key, (v, where) in depth_map(predicted, fit.n_layer, dst_layers).items()}
 
 

@@ -25,6 +25,15 @@ def finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def _parsed(line: str) -> dict | None:
+    """A metrics line as a dict; None for a blank line or one a killed run or a full disk left half-written."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
 class MetricsFile(GeneralTracker):
     """An Accelerate tracker appending each logged dict to a JSON-lines file (main process only).
 
@@ -47,14 +56,17 @@ class MetricsFile(GeneralTracker):
         return self.path
 
     def restart(self, step: int) -> None:
-        """Keep only the lines up to ``step``: none for a new run, those before its checkpoint for a resumed one."""
+        """Keep only the lines up to ``step``: none for a new run, those before its checkpoint for a resumed one.
+
+        A line cut short (the run was killed, or the disk filled, while writing it) is dropped, not an error.
+        """
         if not self.path.is_file():
             return
         if step == 0:
             self.path.unlink()
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+                if (row := _parsed(line)) is not None and (row.get("step") or 0) <= step]
         atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, values: dict[str, Any], step: int | None = None, **kwargs) -> None:
