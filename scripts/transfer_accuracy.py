@@ -17,8 +17,9 @@ exist yet (still training) is skipped with a message. Modes, each run through th
 
 Baselines, scored the same way: ``copy from <proxy>`` (``width-transfer=copy``: the nearest proxy's V(W) unchanged,
 alpha = 0), ``init variance`` (what the target's own init rule, ``gpt2``, gives each tensor) and, with
-``--replica RUN`` (the target's recipe at another seed), ``replica <run>``: the noise floor, the error of a second
-measurement of the target itself. ``verdicts.md`` says per role whether each width mode beats each baseline by more
+``--replica RUN`` (the target's recipe at another seed; or a committed card's ``per_tensor.csv``, whose ``measured``
+column is that card's target), ``replica <run>``: the noise floor, the error of a second measurement of the target
+itself. ``verdicts.md`` says per role whether each width mode beats each baseline by more
 than the floor.
 
 ``--rescore model_cards/<card>`` recomputes the summary and verdicts from a committed ``per_tensor.csv`` (runs no
@@ -100,16 +101,25 @@ def modes(target: VarianceReport, proxies: list[Path], depth_proxies: list[Path]
     return out
 
 
-def compare(target: VarianceReport, rules: dict[str, OptimalRule], replica: VarianceReport | None = None
-            ) -> pd.DataFrame:
+def replica_values(path: str) -> tuple[str, dict[str, float]]:
+    """The target measured at another seed: a run folder, or a committed card's ``per_tensor.csv`` (its
+    ``measured`` column, the V(W) of that card's target)."""
+    if path.endswith(".csv"):
+        frame = pd.read_csv(path).drop_duplicates("key")
+        return f"replica {Path(path).parent.name}", dict(zip(frame["key"], frame["measured"]))
+    (folder,) = finished([path]) or sys.exit(f"the replica {path} has not finished")
+    return f"replica {folder.name}", load(folder).variances(nonstationary="last")
+
+
+def compare(target: VarianceReport, rules: dict[str, OptimalRule],
+            replica: tuple[str, dict[str, float]] | None = None) -> pd.DataFrame:
     with torch.device("meta"):  # shapes only
         model = hv.from_config(report_config(target), "hf")
     measured = target.variances(nonstationary="last")
     baselines = {"init variance": {r.key: (r.std ** 2, "gpt2 rule") for r in hv.init_plan(model, "gpt2")
                                    if r.key and r.std}}
     if replica is not None:
-        baselines[f"replica {Path(replica.origin).name}"] = {k: (v, "a second seed of the target")
-                                                            for k, v in replica.variances(nonstationary="last").items()}
+        baselines[replica[0]] = {k: (v, "the target at another seed") for k, v in replica[1].items()}
     rows = []
     for mode, table in [*((m, predicted(rule, model)) for m, rule in rules.items()), *baselines.items()]:
         for key, (v, note) in table.items():
@@ -197,7 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target", default=None, help="the target run folder")
     parser.add_argument("--proxies", nargs="*", default=[], help="narrower runs (width transfer)")
     parser.add_argument("--depth-proxies", nargs="*", default=[], help="shallower runs (depth mapping)")
-    parser.add_argument("--replica", default=None, help="the target's recipe at another seed: the noise floor")
+    parser.add_argument("--replica", default=None,
+                        help="the target's recipe at another seed, the noise floor: a run folder, or the "
+                             "per_tensor.csv of a committed card whose target it is")
     parser.add_argument("--rescore", default=None, metavar="CARD",
                         help="recompute summary and verdicts of a committed card from its per_tensor.csv, writing "
                              "baselines.md and verdicts.md into it (needs --target-width)")
@@ -225,8 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     rules = modes(target, finished(args.proxies), finished(args.depth_proxies))
     if not rules:
         sys.exit("no finished proxy runs: nothing to compare")
-    replica = finished([args.replica]) if args.replica else []
-    per_tensor = compare(target, rules, load(replica[0]) if replica else None)
+    per_tensor = compare(target, rules, replica_values(args.replica) if args.replica else None)
     table = summary(per_tensor)
     nonstationary = int((per_tensor.drop_duplicates("key")["measured_stationary"] == False).sum())  # noqa: E712
     readme = (
