@@ -132,6 +132,8 @@ def _mutate(path, value):
     (("config", "n_head"), [4], "n_head=[4]"),  # was: TypeError '<' not supported between 'str' and 'int'
     (("config", "n_head"), 0, "n_head=0"),  # was: ZeroDivisionError
     (("config", "n_layer"), "12", "n_layer='12'"),
+    # was: the fuzzer's input 99 built 561,290 blocks on the meta device (growing past 12 GB) to check shapes
+    (("config", "n_layer"), 561290, "config (its layer count) is 561290; expected 12, the report's n_layer"),
     (("n_layer",), -1, "n_layer is -1"),
     (("tensors", "layers.0.q", "v_w"), "abc", "tensors['layers.0.q'].v_w is 'abc'; expected a number"),
     (("tensors", "layers.0.q", "window"), [1, "x"], "tensors['layers.0.q'].window"),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hf_varinit.arch.config import check_config_sizes
+from hf_varinit.arch.config import check_config_sizes, num_layers
 from hf_varinit.arch.keys import parse_layer_key
 from hf_varinit.errors import ConfigError, ReportError, shown
 from hf_varinit.init.transfer import TransferFit
@@ -78,6 +78,7 @@ def validate_steady_state(doc: Any, where: str = STEADY_FILENAME) -> None:
     except ConfigError as exc:  # names the field (config field n_embd='abc' ...)
         raise ReportError(f"{where}: {exc}") from None
     _check_tensors(check, doc.get("tensors"))
+    _check_config_depth(check, doc)
     if doc.get("recipe") is not None:
         check.fields(doc["recipe"], RECIPE, prefix="recipe.")
     for layer, entry in (doc.get("layers") or {}).items():
@@ -87,6 +88,20 @@ def validate_steady_state(doc: Any, where: str = STEADY_FILENAME) -> None:
             check.fail(f"layers[{layer!r}]", entry, "a JSON object")
         check.field(entry, "equilibration_step", "int", f"layers[{layer!r}].equilibration_step")
     _check_transfer(check, doc.get("transfer"))
+
+
+def _check_config_depth(check: JsonChecker, doc: dict) -> None:
+    """The stored config's layer count must be the report's own (``n_layer``, else the layers its tensors cover):
+    its model is rebuilt, layer by layer, to check shapes, so an untrusted ``n_layer: 561290`` is refused here
+    rather than building half a million blocks."""
+    stored = num_layers(doc.get("config") or {})
+    if stored is None:
+        return
+    covered = [layer for layer in (parse_layer_key(k)[0] for k in doc["tensors"]) if layer is not None]
+    expected = doc.get("n_layer") if doc.get("n_layer") is not None else (max(covered) + 1 if covered else None)
+    if expected is not None and stored != expected:
+        source = "the report's n_layer" if doc.get("n_layer") is not None else "the layers its tensors cover"
+        check.fail("config (its layer count)", stored, f"{expected}, {source}; the stored config is not this report's")
 
 
 def _check_tensors(check: JsonChecker, tensors: Any) -> None:
