@@ -81,7 +81,8 @@ def spawn(args: argparse.Namespace, side: str, n_embd: int, compile: str, json_p
            args.config, "--steps", str(args.steps), "--skip", str(args.skip), "--json-child", str(json_path),
            "--max-chars", str(args.max_chars), "--backend", args.backend,
            *(["--cache-dir", args.cache_dir] if args.cache_dir else [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    env = {**os.environ, "TQDM_DISABLE": "1", **dict(kv.split("=", 1) for kv in args.env)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{side} n_embd={n_embd} compile={compile} failed:\n{proc.stderr[-3000:]}")
     return json.loads(json_path.read_text())
@@ -107,7 +108,7 @@ def paired_ratio(results: list[dict], setting: tuple[int, str], other: str, cloc
 def report(results: list[dict], n_embds: list[int], compiles: list[str], clock: str) -> dict:
     """Print the table and the worst settings; return the summary."""
     print(f"{'n_embd':>6} {'compile':>7} {'side':>8} {'median tok/s':>12} {'min..max':>15} {'first step s':>12} "
-          f"{'peak RSS MiB':>12}")
+          f"{'peak RSS MiB':>12} {'faults/step':>13}")
     summary = {"settings": [], "worst": {}}
     for n_embd in n_embds:
         for compile in compiles:
@@ -118,11 +119,12 @@ def report(results: list[dict], n_embds: list[int], compiles: list[str], clock: 
                 rows = [x for x in results if (x["side"], x["n_embd"], x["compile"]) == (side, n_embd, compile)]
                 rates = [rate(x, clock) for x in rows]
                 first = statistics.median(x["first_step_s"] for x in rows)
+                faults = statistics.median(x.get("window_minor_faults", math.nan) / x["timed_steps"] for x in rows)
                 rss = max(x["peak_rss_mib"] for x in rows)
                 row[side] = {"median_tokens_per_s": statistics.median(rates), "min": min(rates), "max": max(rates),
-                             "first_step_s": first, "peak_rss_mib": rss}
+                             "first_step_s": first, "peak_rss_mib": rss, "page_faults_per_step": faults}
                 print(f"{n_embd:>6} {compile:>7} {side:>8} {statistics.median(rates):>12.0f} "
-                      f"{f'{min(rates):.0f}..{max(rates):.0f}':>15} {first:>12.1f} {rss:>12.0f}")
+                      f"{f'{min(rates):.0f}..{max(rates):.0f}':>15} {first:>12.1f} {rss:>12.0f} {faults:>13.0f}")
             for other in ("bare", "trainer"):
                 ratio, lo, hi, n = paired_ratio(results, (n_embd, compile), other, clock)
                 row[f"ratio_to_{other}"] = {"paired": ratio, "ci95": [lo, hi], "rounds": n,
@@ -169,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="start no new round after this many seconds (the rounds done are reported)")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--json", default=None, help="also write every run and the summary to this file")
+    parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="environment of every side's process, e.g. MALLOC_MMAP_THRESHOLD_=33554432 "
+                             "MALLOC_TRIM_THRESHOLD_=4294967296 (glibc keeps freed activations instead of returning "
+                             "them to the OS and faulting them back in every step)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="tokens per second of wall time, or of the process's CPU time (a shared CPU)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -202,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"round {r} n_embd {n_embd} compile {compile} {side:8s} "
                               f"{result['tokens_per_s']:8.0f} tokens/s ({result['tokens_per_cpu_s']:8.0f} per CPU s)  "
                               f"first step {result['first_step_s']:6.1f} s  "
+                              f"page faults {result['window_minor_faults'] / (args.steps - args.skip):8.0f}/step  "
                               f"peak RSS {result['peak_rss_mib']:6.0f} MiB", flush=True)
     rounds = 1 + max(x["round"] for x in results)
     load_after = os.getloadavg()
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"argv": sys.argv[1:], "clock": args.clock,
-                                               "threads": torch.get_num_threads(),
+                                               "threads": torch.get_num_threads(), "env": args.env,
                                                "load_average": [load_before, load_after], "runs": results,
                                                **summary}, indent=1))
     return 0

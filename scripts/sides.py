@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -87,6 +88,7 @@ class Timing:
     timed_steps: int
     window_s: float  # wall time of steps skip + 1 .. steps
     window_cpu_s: float  # CPU time of this process over the same steps (all its threads)
+    window_minor_faults: int  # page faults over the same steps (memory the allocator gave back and took again)
     first_step_s: float  # the first step: with compile, the compilation
     extra: dict = field(default_factory=dict)
 
@@ -109,17 +111,19 @@ class StepClock:
     def __init__(self, setting: Setting, device: torch.device | str):
         self.points = {0, 1, setting.skip, setting.steps}
         self.sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-        self.times: dict[int, tuple[float, float]] = {}
+        self.times: dict[int, tuple[float, float, int]] = {}
 
     def mark(self, step: int) -> None:
         if step in self.points and step not in self.times:
             self.sync()
-            self.times[step] = (time.perf_counter(), time.process_time())
+            self.times[step] = (time.perf_counter(), time.process_time(),
+                                resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
     def timing(self, side: str, setting: Setting, tokens_per_step: int, **extra) -> Timing:
-        (start, start_cpu), (end, end_cpu) = self.times[setting.skip], self.times[setting.steps]
+        (start, start_cpu, start_faults) = self.times[setting.skip]
+        (end, end_cpu, end_faults) = self.times[setting.steps]
         return Timing(side, tokens_per_step, setting.steps - setting.skip, end - start, end_cpu - start_cpu,
-                      self.times[1][0] - self.times[0][0], extra)
+                      end_faults - start_faults, self.times[1][0] - self.times[0][0], extra)
 
 
 def device_of() -> torch.device:
@@ -199,7 +203,8 @@ def run_trainer(setting: Setting, work: Path) -> Timing:
         learning_rate=t.lr, warmup_steps=t.warmup_steps, lr_scheduler_type="cosine", optim="adamw_torch_fused",
         adam_beta2=0.95, weight_decay=t.weight_decay, max_grad_norm=t.grad_clip or 0.0, logging_steps=10,
         save_strategy="no", eval_strategy="no", report_to=[], use_cpu=device.type == "cpu", disable_tqdm=True,
-        seed=t.seed, dataloader_num_workers=0, bf16=setting.precision == "bf16", fp16=setting.precision == "fp16",
+        seed=t.seed, dataloader_num_workers=0, dataloader_drop_last=True,  # as the loop: every step a full batch
+        bf16=setting.precision == "bf16", fp16=setting.precision == "fp16",
         torch_compile=setting.compile, torch_compile_backend=setting.backend if setting.compile else None,
     )
     clock = StepClock(setting, device)
