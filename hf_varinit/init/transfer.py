@@ -200,7 +200,7 @@ def shrunk_exponent(alphas: Sequence[float], z: float = POOLED_Z) -> tuple[float
     se = math.sqrt(math.fsum((a - mean) ** 2 for a in alphas) / (n - 1) / n)
     if mean == 0.0:
         return 0.0, mean, se
-    return mean * max(0.0, 1.0 - (z * se / mean) ** 2), mean, se
+    return mean * max(0.0, 1.0 - (z * se / mean) ** 2) + 0.0, mean, se  # + 0.0: never -0.0
 
 
 def pooled_fit_table(fit: TransferFit, dst_fans: Mapping[str, int], dst_layers: int | None,
