@@ -28,6 +28,9 @@ from hf_varinit.train.checkpoint import complete_checkpoints, is_complete
 from hf_varinit.train.interrupt import StopSignals, continue_command, invoked_command
 from hf_varinit.train.loop import run_pretrain
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from kill_resume import _children  # noqa: E402  (the script's /proc walk: a process's direct children)
+
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = str(ROOT / "hf_varinit" / "configs" / "gpt2-tiny-test.yaml")
 RUN = ["--max-steps", "8", "--checkpoint-every", "5", "--record-every", "1", "--log-every", "1", "--keep-last", "5",
@@ -192,17 +195,6 @@ def test_sigint_exits_130_without_a_traceback(tmp_path, cache_dir):
     step = int(re.search(r"stopped at step (\d+); continue with: ", output).group(1))
     assert is_complete(tmp_path / "checkpoints" / f"step_{step}")
 
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 @pytest.mark.multiprocess
