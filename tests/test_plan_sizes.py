@@ -106,6 +106,7 @@ def test_copy_transfer_carries_v_w_unchanged_to_another_width(capsys):
     ("gpt2-12l-lm-study-w128", {}),
     ("gpt2-12l-lm-study-w64-w128", {"n_embd": 512, "n_layer": 24, "width_transfer": "fit"}),  # a size never measured
     ("llama-8l-lm-study-h128", {"n_layer": 4}),
+    ("llama-8l-lm-study-h64-h128", {"n_embd": 192, "n_layer": 10, "width_transfer": "fit-pooled"}),  # held out
 ])
 def test_the_bundled_lm_study_reports_initialise_a_model_by_name(name, overrides):
     import torch
@@ -114,7 +115,7 @@ def test_the_bundled_lm_study_reports_initialise_a_model_by_name(name, overrides
         model = hv.from_report(name, **overrides)
     assert model.config.varinit_rule.startswith(f"optimal:report={name}")
     rows = hv.init_plan(model, model.config.varinit_rule)
-    assert any("V(W)" in r.note or "fit alpha" in r.note or "interpolated" in r.note for r in rows)
+    assert any(w in r.note for r in rows for w in ("V(W)", "fit alpha", "fit-pooled alpha", "interpolated"))
 
 
 def test_a_bundled_report_costs_the_user_no_pilot():
@@ -122,3 +123,31 @@ def test_a_bundled_report_costs_the_user_no_pilot():
 
     cost = pilot_cost("optimal:report=gpt2-12l-lm-study-w64-w128,width-transfer=fit")
     assert (cost["tokens"], cost["flops"]) == (0, 0) and "bundled" in cost["note"]
+
+
+@pytest.mark.parametrize("sizes, expected", [
+    ({"n_embd": 192, "n_layer": 10}, {"num_attention_heads": 6, "head_dim": 32, "intermediate_size": 512}),
+    ({"n_embd": 192, "n_head": 4}, {"num_attention_heads": 4, "head_dim": 48, "intermediate_size": 512}),
+])
+def test_plan_and_from_report_build_the_same_llama_at_a_new_width(capsys, sizes, expected):
+    """The heads follow a new width (the report's head dimension 32 kept, or the head dimension follows the heads
+    given), and so does the SwiGLU MLP: a 192-wide Llama attends over 192 dimensions, not the report's 128."""
+    import torch
+
+    name = "llama-8l-lm-study-h64-h128"  # 8 layers, hidden 128, 4 heads of 32, MLP 344
+    with torch.device("meta"):
+        model = hv.from_report(name, width_transfer="fit-pooled", **sizes)
+    assert {k: getattr(model.config, k) for k in expected} == expected
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert tuple(q.shape) == (192, 192)
+    argv = [x for key, value in sizes.items() for x in (f"--{key.replace('_', '-')}", str(value))]
+    code = main(["plan", "--report", name, "--format", "json", "--width-transfer", "fit-pooled",
+                 "--allow-depth-interpolation", *argv])
+    rows = _rows(capsys.readouterr())
+    assert code == 0
+    planned = {r["key"]: (r["fan_in"], r["fan_out"], r["std"]) for r in rows.values() if r["key"].startswith("layers.")}
+    built = {r.key: (r.fan_in, r.fan_out, r.std) for r in hv.init_plan(model, model.config.varinit_rule)
+             if r.key and r.key.startswith("layers.")}
+    assert set(planned) == set(built)
+    for key, (fan_in, fan_out, std) in built.items():
+        assert planned[key][:2] == (fan_in, fan_out) and planned[key][2] == pytest.approx(std, rel=1e-9), key

@@ -145,34 +145,19 @@ _REPORT_SIZE_FLAGS = ("n_layer", "n_embd", "n_head", "n_kv_heads", "n_positions"
 
 
 def _report_config(args: argparse.Namespace) -> PretrainedConfig:
-    """The config of the model ``--report`` was measured on, at the sizes the size flags give.
-
-    A new width keeps the report's head dimension unless ``--n-head`` is given; a family whose MLP width follows the
-    hidden size (Llama: 8/3) gets the MLP width of the new size.
-    """
-    from hf_varinit.arch.builder import config_options, default_mlp_width
-    from hf_varinit.arch.config import hidden_size, num_heads
+    """The config of the model ``--report`` was measured on, at the sizes the size flags give (`report_config`: a
+    new width keeps the report's head dimension unless ``--n-head`` is given, and a Llama-family MLP follows it)."""
     from hf_varinit.report.next_model import report_config
-    from hf_varinit.report.reader import load_report
 
     if args.model is not None:
         raise ConfigError(f"--model {args.model} and --report {args.report} both give the model; use one (--report "
                           "plans the model the report was measured on, at other sizes with the size flags)")
-    report = load_report(args.report)
     refused = [flag for flag in _SIZE_FLAGS if flag not in _REPORT_SIZE_FLAGS and getattr(args, flag, None)]
     if refused:
         raise ConfigError(f"{_flags(refused)} do(es) not apply with --report; its size flags: "
                           f"{_flags(_REPORT_SIZE_FLAGS)}")
     sizes = {flag: getattr(args, flag) for flag in _REPORT_SIZE_FLAGS if getattr(args, flag, None) is not None}
-    width, heads = hidden_size(report.config), num_heads(report.config)
-    if "n_embd" in sizes and sizes["n_embd"] != width:
-        if "n_head" not in sizes and width and heads and width % heads == 0:
-            sizes["n_head"] = max(1, sizes["n_embd"] // (width // heads))  # the report's head dimension
-        if "intermediate_size" in config_options(report.model_type):
-            mlp_width = default_mlp_width(report.model_type, sizes["n_embd"])
-            if mlp_width:
-                sizes["intermediate_size"] = mlp_width
-    return report_config(report, **sizes)
+    return report_config(args.report, **sizes)
 
 
 def _report_rule(args: argparse.Namespace) -> str:

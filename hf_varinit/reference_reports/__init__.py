@@ -9,7 +9,8 @@ recipes (configs ``gpt2-12l-lm-study``, ``llama-8l-lm-study``; each card names t
 * ``gpt2-12l-lm-study-w128``: the LM study's same-size pilot (12 layers, n_embd 128, 600 steps);
 * ``gpt2-12l-lm-study-w64-w128``: proxies at n_embd 64 and 128 with the fitted width law, for
   ``width-transfer=fit`` to other widths;
-* ``llama-8l-lm-study-h128``: the tiny Llama's pilot (8 layers, hidden 128, GQA, 600 steps).
+* ``llama-8l-lm-study-h128``: the tiny Llama's pilot (8 layers, hidden 128, GQA, 600 steps);
+* ``llama-8l-lm-study-h64-h128``: Llama proxies at hidden 64 (MLP 172) and 128 with the fitted width law.
 
 A report name is resolved as: an existing path first, then a bundled report of that name, then a hub repo id.
 """

@@ -12,8 +12,8 @@ from typing import Any
 
 from transformers import PretrainedConfig, PreTrainedModel
 
-from hf_varinit.arch.builder import config_from_dict
-from hf_varinit.arch.config import hidden_size, num_layers
+from hf_varinit.arch.builder import config_from_dict, default_mlp_width
+from hf_varinit.arch.config import hidden_size, num_heads, num_layers
 from hf_varinit.arch.table import get_architecture
 from hf_varinit.errors import ConfigError, HFVarInitError, ReportError
 from hf_varinit.init.optimal import OptimalRule
@@ -40,8 +40,33 @@ def _own_names(model_type: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _follow_width(report: VarianceReport, own: dict[str, Any]) -> dict[str, Any]:
+    """``own`` (overrides under the config's names) plus the sizes that follow a new width unless given: the heads
+    (the report's head dimension kept; or, with the heads given, a stored ``head_dim`` set to width / heads) and the
+    MLP width of a family whose MLP follows the hidden size (`default_mlp_width`)."""
+    names = getattr(get_architecture(report.model_type), "config", None)
+    stored, new = report.config, own.get(getattr(names, "width", None))
+    width, heads = hidden_size(stored), num_heads(stored)
+    if names is None or not isinstance(new, int) or isinstance(new, bool) or not width or new == width:
+        return own
+    out = dict(own)
+    head_dim = stored.get("head_dim") or (width // heads if heads and width % heads == 0 else None)
+    if names.heads not in own:
+        if isinstance(head_dim, int) and head_dim > 0 and new % head_dim == 0:
+            out[names.heads] = max(1, new // head_dim)
+    elif stored.get("head_dim") and "head_dim" not in own and isinstance(own[names.heads], int) \
+            and own[names.heads] > 0 and new % own[names.heads] == 0:
+        out["head_dim"] = new // own[names.heads]
+    if names.mlp_width not in own and (mlp_width := default_mlp_width(report.model_type, new)):
+        out[names.mlp_width] = mlp_width
+    return out
+
+
 def report_config(report: VarianceReport | str | os.PathLike[str], **overrides: Any) -> PretrainedConfig:
     """The config of the model a report was measured on (its stored config), ``overrides`` applied.
+
+    A new width keeps the report's head dimension unless the heads are given, and a family whose MLP width follows
+    the hidden size (Llama: 8/3) gets the MLP width of the new size unless it is given.
 
     Args:
         report: a `VarianceReport`, a report folder or file, a bundled report's name, or a hub id.
@@ -58,7 +83,8 @@ def report_config(report: VarianceReport | str | os.PathLike[str], **overrides: 
     if not loaded.config or loaded.model_type == "unknown":
         raise ReportError(f"{loaded.source_description} keeps no model config, so its architecture is unknown; "
                           "build the model yourself and use hv.from_config(config, rule='optimal:report=...')")
-    return config_from_dict(loaded.model_type, loaded.config, **_own_names(loaded.model_type, overrides))
+    own = _follow_width(loaded, _own_names(loaded.model_type, overrides))
+    return config_from_dict(loaded.model_type, loaded.config, **own)
 
 
 def from_report(
@@ -71,8 +97,9 @@ def from_report(
         report (`VarianceReport`, `str` or `os.PathLike`): a report, or a report folder, a ``steady_state.json`` /
             ``variance.safetensors`` file, the name of a report bundled with the package, or a hub id.
         seed (`int`, *optional*): makes the weights deterministic.
-        width_transfer (`str`, *optional*): ``"fan-in"`` or ``"fit"`` (a multi-width report): needed when the
-            overrides change the width; V(W) is then moved to the new fans (`hf_varinit.init.transfer`).
+        width_transfer (`str`, *optional*): ``"fan-in"``, ``"copy"``, or ``"fit"`` / ``"fit-pooled"`` (a
+            multi-width report): needed when the overrides change the width; V(W) is then moved to the new fans
+            (`hf_varinit.init.transfer`). A new width keeps the report's head dimension (`report_config`).
         config_overrides: config entries to change, under the config's own names or the library's size names
             (``n_layer=24``, ``n_embd=256``, ``n_head=8``...). A changed depth maps V(W) by relative depth (asking
             for another depth is the request); a changed width needs ``width_transfer``; another tensor shape (the
