@@ -13,10 +13,12 @@ exist yet (still training) is skipped with a message. Modes, each run through th
 * ``fit over <proxies>``: ``width-transfer=fit`` from the multi-run report of all width proxies (>= 2 widths);
 * ``fit-pooled over <proxies>``: ``width-transfer=fit-pooled`` from the same report (one shrunk exponent per role);
 * ``depth from <proxy>``: ``allow-depth-interpolation`` from each shallower proxy of the target's width (of another
-  width: ``width-transfer=fan-in`` too).
+  width: ``width-transfer=fan-in`` too);
+* ``--rules SPEC ...``: any optimal-rule spec, scored as given (a bundled report at a size it was never measured
+  at: ``optimal:report=gpt2-12l-lm-study-w64-w128,width-transfer=fit-pooled``).
 
 Baselines, scored the same way: ``copy from <proxy>`` (``width-transfer=copy``: the nearest proxy's V(W) unchanged,
-alpha = 0), ``init variance`` (what the target's own init rule, ``gpt2``, gives each tensor) and, with
+alpha = 0), ``init variance`` (what the target's own init rule, e.g. ``gpt2``, gives each tensor) and, with
 ``--replica RUN`` (the target's recipe at another seed; or a committed card's ``per_tensor.csv``, whose ``measured``
 column is that card's target), ``replica <run>``: the noise floor, the error of a second measurement of the target
 itself. ``verdicts.md`` says per role whether each width mode beats each baseline by more
@@ -47,6 +49,7 @@ import hf_varinit as hv
 from hf_varinit.arch.config import hidden_size
 from hf_varinit.arch.keys import parse_layer_key
 from hf_varinit.init.optimal import OptimalRule
+from hf_varinit.init.rules import get_rule
 from hf_varinit.init.transfer import TransferFit, pooled_fit_table
 from hf_varinit.io_utils import atomic_folder
 from hf_varinit.report.multi_run import combine_reports
@@ -116,7 +119,8 @@ def compare(target: VarianceReport, rules: dict[str, OptimalRule],
     with torch.device("meta"):  # shapes only
         model = hv.from_config(report_config(target), "hf")
     measured = target.variances(nonstationary="last")
-    baselines = {"init variance": {r.key: (r.std ** 2, "gpt2 rule") for r in hv.init_plan(model, "gpt2")
+    init_rule = target.rule or "gpt2"  # the rule the target's own run started from
+    baselines = {"init variance": {r.key: (r.std ** 2, f"{init_rule} rule") for r in hv.init_plan(model, init_rule)
                                    if r.key and r.std}}
     if replica is not None:
         baselines[replica[0]] = {k: (v, "the target at another seed") for k, v in replica[1].items()}
@@ -140,13 +144,15 @@ def summary(per_tensor: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdicts(table: pd.DataFrame) -> pd.DataFrame:
-    """Per role and width mode (fan-in, fit): its median error % against each baseline (copy, init variance), and
-    whether it is lower by more than the noise floor (the replica's median error % of that role, when measured)."""
+    """Per role and width mode (fan-in, fit, a ``--rules`` spec): its median error % against each baseline (copy,
+    init variance), and whether it is lower by more than the noise floor (the replica's median error % of that role,
+    when measured)."""
     errors = table.pivot_table(index="role", columns="mode", values="median error %", sort=False)
     floors = [m for m in errors.columns if m.startswith("replica")]
-    baselines = [m for m in errors.columns if m.startswith("copy") or m == "init variance"]
+    baselines = [m for m in errors.columns
+                 if m.startswith("copy") or "width-transfer=copy" in m or m == "init variance"]
     rows = []
-    for mode in (m for m in errors.columns if m.startswith(("fit", "fan-in"))):
+    for mode in (m for m in errors.columns if m.startswith(("fit", "fan-in", "optimal:")) and m not in baselines):
         for role, err in errors[mode].items():
             floor = errors.loc[role, floors[0]] if floors else math.nan
             row = {"mode": mode, "role": role, "error %": err, "floor %": floor}
@@ -207,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target", default=None, help="the target run folder")
     parser.add_argument("--proxies", nargs="*", default=[], help="narrower runs (width transfer)")
     parser.add_argument("--depth-proxies", nargs="*", default=[], help="shallower runs (depth mapping)")
+    parser.add_argument("--rules", nargs="*", default=[], metavar="SPEC",
+                        help="optimal-rule specs to score as well, e.g. a bundled report with its width transfer")
     parser.add_argument("--replica", default=None,
                         help="the target's recipe at another seed, the noise floor: a run folder, or the "
                              "per_tensor.csv of a committed card whose target it is")
@@ -235,6 +243,11 @@ def main(argv: list[str] | None = None) -> None:
         f"the target {args.target} has not finished")
     target = load(target_folder)
     rules = modes(target, finished(args.proxies), finished(args.depth_proxies))
+    for spec in args.rules:
+        rule = get_rule(spec)
+        if not isinstance(rule, OptimalRule):
+            sys.exit(f"--rules {spec!r}: not an optimal rule (it reads no report); use 'optimal:report=...'")
+        rules[spec] = rule
     if not rules:
         sys.exit("no finished proxy runs: nothing to compare")
     per_tensor = compare(target, rules, replica_values(args.replica) if args.replica else None)
