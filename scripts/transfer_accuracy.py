@@ -156,8 +156,8 @@ def verdicts(table: pd.DataFrame) -> pd.DataFrame:
         for role, err in errors[mode].items():
             floor = errors.loc[role, floors[0]] if floors else math.nan
             row = {"mode": mode, "role": role, "error %": err, "floor %": floor}
-            for base in baselines:
-                gap, margin = errors.loc[role, base] - err, floor if floors else 0.0
+            for base in baselines:  # no floor: a gap below the table's precision (0.05 points) is no gap
+                gap, margin = errors.loc[role, base] - err, floor if floors else 0.05
                 tie = "within floor" if floors else "equal"
                 word = "better" if gap > margin else "worse" if gap < -margin else tie
                 row[f"vs {base}"] = f"{word} ({errors.loc[role, base]:.3g})"

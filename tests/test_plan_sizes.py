@@ -151,3 +151,17 @@ def test_plan_and_from_report_build_the_same_llama_at_a_new_width(capsys, sizes,
     assert set(planned) == set(built)
     for key, (fan_in, fan_out, std) in built.items():
         assert planned[key][:2] == (fan_in, fan_out) and planned[key][2] == pytest.approx(std, rel=1e-9), key
+
+
+def test_every_bundled_report_card_tells_the_user_its_own_name():
+    """A bundled card's usage lines (`hv.from_report`, the rule, `plan --report`) name the bundled report, which any
+    install can load, not the folder it was made in on the maintainers' machine."""
+    import re
+
+    from hf_varinit.reference_reports import bundled_reports
+
+    for name, folder in bundled_reports().items():
+        text = (folder / "README.md").read_text()
+        used = re.findall(r'hv\.from_report\("([^"]+)"|`optimal:report=([^`,]+)`|plan --report "([^"]+)"', text)
+        assert len(used) == 3 and {x for row in used for x in row if x} == {name}, (name, used)
+        assert "another width or tensor shape is refused" not in text

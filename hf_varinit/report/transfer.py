@@ -121,7 +121,8 @@ def transfer_section(fit: TransferFit | None) -> list[str]:
                      "(`optimal:report=...,allow-depth-interpolation`).")
         return ["\n".join(lines)]
     lines.append(f"V(W) = c · fan_in^(−α) per tensor on {fit.n_layer} layers (least squares in log-log); use "
-                 "`optimal:report=...,width-transfer=fit`.\n")
+                 "`optimal:report=...,width-transfer=fit-pooled` (one exponent per role, the mean of the table's, "
+                 "shrunk toward 0 by its standard error) or `...,width-transfer=fit` (each tensor's own).\n")
     lines.append("| key | α | c | max abs log residual |\n|---|---|---|---|")
     for key, f in fit.fits.items():
         worst = max((abs(r) for r in f.residuals), default=0.0)
