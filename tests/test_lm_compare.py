@@ -32,6 +32,7 @@ from hf_varinit.train.lm_study_report import (
     gap_table,
     lm_table,
     paired,
+    pairwise_table,
     steps_to_target,
     summarize,
 )
@@ -280,6 +281,20 @@ def test_steps_paired_by_seed_over_seeds_that_reach_the_target_in_both_arms_and_
     assert break_even_runs(6000.0, 3000.0, 30, +5.0) is None  # no saving: never pays
     table = gap_table(summary, [10, 30])
     assert "Δ eval @10 vs a, paired" in table and "| 6 " in table and "6e+03" in table
+
+
+def test_the_other_pairs_of_arms_are_tested_paired_by_seed():
+    finals = {"a": [5.0, 5.5, 6.0], "b": [4.8, 5.4, 5.7], "c": [4.6, 5.3, 5.6]}
+    runs = pd.DataFrame([{"arm": arm, "seed": seed, "final_eval_loss": loss} for arm, values in finals.items()
+                         for seed, loss in enumerate(values)])
+    arms = [{"label": label, "spec": label} for label in finals]
+    table = pairwise_table(runs, arms)
+    # a is the first arm: the main table has a-b and a-c; only c - b is left
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "−" in line]
+    assert len(rows) == 1 and rows[0].startswith("| c − b")
+    p = scipy_stats.ttest_rel(finals["c"], finals["b"]).pvalue
+    assert f"{-0.1333:+.4g}" in rows[0] and f"p={p:.3g}" in rows[0]
+    assert pairwise_table(runs[runs["arm"] != "c"], arms[:2]) == ""  # two arms: nothing beyond the main table
 
 
 @pytest.mark.slow

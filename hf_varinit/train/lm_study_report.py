@@ -264,6 +264,22 @@ def gap_table(summary: pd.DataFrame, horizons: Sequence[int]) -> str:
     return summary_table(rows, columns) if rows else ""
 
 
+def pairwise_table(runs: pd.DataFrame, arms: Sequence[dict]) -> str:
+    """Every pair of arms after the first (the main table tests each against the first): the later arm minus the
+    earlier, final eval loss paired by seed [95 % CI], p."""
+    labels = [a["label"] for a in arms]
+    final = {label: dict(zip(runs.loc[runs["arm"] == label, "seed"], runs.loc[runs["arm"] == label,
+                                                                             "final_eval_loss"])) for label in labels}
+    rows = []
+    for i, earlier in enumerate(labels[1:], start=1):
+        for later in labels[i + 1:]:
+            test = paired(final[earlier], final[later])
+            rows.append({"pair": f"{later} − {earlier}", "n": test["n"], "test": _test_cell(
+                {"d_diff": test["diff"], "d_p": test["p"], "d_diff_lo": test["lo"], "d_diff_hi": test["hi"]}, "d")})
+    columns = [("pair", "arms"), ("n", "seeds"), ("test", "Δ final eval, paired by seed [95% CI], p")]
+    return summary_table(rows, columns) if rows else ""
+
+
 def verdicts(summary: pd.DataFrame, target: float) -> list[str]:
     """One plain sentence per arm and test against the first arm, stated from the numbers."""
     first, lines = summary.iloc[0], []
@@ -311,7 +327,8 @@ def curves_plot(metrics: dict[tuple[str, int], pd.DataFrame], arms: Sequence[dic
     fig.savefig(path, dpi=110, format="png")
 
 
-def _card(settings: dict, table: str, lines: list[str], horizons: Sequence[int], gaps: str = "") -> str:
+def _card(settings: dict, table: str, lines: list[str], horizons: Sequence[int], gaps: str = "",
+          pairs: str = "") -> str:
     arms = "\n".join(f"- `{a['label']}`: `{a['spec']}`" for a in settings["arms"])
     partial = (f"\n**Partial**: {settings['partial']}; one seed is an anecdote. The rest run with the command "
                "below.\n" if settings.get("partial") else "")
@@ -343,6 +360,7 @@ Eval steps reported: {', '.join(map(str, horizons)) or 'none in common'}.
 
 {gaps}
 
+{f"The other pairs of arms:{chr(10)}{chr(10)}{pairs}{chr(10)}" if pairs else ""}
 {chr(10).join(f'- {line}' for line in lines) or '- one arm only: nothing to compare'}
 
 ![curves](curves.png)
@@ -371,7 +389,7 @@ def write_lm_report(output: Path, settings: dict, runs: pd.DataFrame,
     final = int(runs["final_step"].max())
     gap_horizons = sorted({h for h in settings.get("horizons") or () if h in horizons} | {final})
     card = _card(settings, table, verdicts(summary, settings["target_loss"]), horizons,
-                 gap_table(summary, gap_horizons))
+                 gap_table(summary, gap_horizons), pairwise_table(runs, arms))
     atomic_write(output / "curves.png", lambda tmp: curves_plot(metrics, arms, tmp))
     atomic_write_text(output / "summary.csv", summary.to_csv(index=False))
     atomic_write_text(output / "runs.csv", runs.to_csv(index=False))
