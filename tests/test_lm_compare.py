@@ -300,6 +300,10 @@ def test_the_other_pairs_of_arms_are_tested_paired_by_seed():
 @pytest.mark.slow
 def test_report_only_writes_a_partial_card_of_the_seeds_every_arm_finished(study, config, tmp_path, capsys):
     output, _ = study
+    whole = tmp_path / "whole"
+    shutil.copytree(output, whole)
+    assert main(study_argv(config, whole, "--report-only")) == 0
+    assert "**Partial**" not in (whole / "README.md").read_text()  # every seed finished: the whole study's card
     partial = tmp_path / "lm"
     shutil.copytree(output, partial)
     shutil.rmtree(partial / "runs" / "kaiming" / "seed1" / "final")  # seed 1 still training in one arm

@@ -281,7 +281,9 @@ def _partial_report(study: LMStudy, output: Path, statuses: dict, settings: dict
     done = [s for s in study.seeds if all(statuses[a["label"], s] == "finished" for a in study.labelled)]
     if not done:
         raise ConfigError(f"{output}: no seed has finished in every arm yet; run the study without --report-only")
-    settings = {**settings, "seeds": done, "partial": f"seeds {done} of {study.seeds} finished in every arm"}
+    settings = {**settings, "seeds": done}
+    if len(done) < len(study.seeds):  # every seed finished: the card is the whole study's
+        settings["partial"] = f"seeds {done} of {study.seeds} finished in every arm"
     runs, metrics = run_rows(study.labelled, done, study.run_dir, study.target_loss, wall)
     _, table = write_lm_report(output, settings, runs, metrics, pilots)
     return LMStudyResult(output, table, {f"{a['slug']}/seed{s}": "reported" for s in done for a in study.labelled})
