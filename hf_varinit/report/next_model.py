@@ -53,7 +53,7 @@ def _follow_width(report: VarianceReport, own: dict[str, Any]) -> dict[str, Any]
     head_dim = stored.get("head_dim") or (width // heads if heads and width % heads == 0 else None)
     if names.heads not in own:
         if isinstance(head_dim, int) and head_dim > 0 and new % head_dim == 0:
-            out[names.heads] = max(1, new // head_dim)
+            out[names.heads] = new // head_dim
     elif stored.get("head_dim") and "head_dim" not in own and isinstance(own[names.heads], int) \
             and own[names.heads] > 0 and new % own[names.heads] == 0:
         out["head_dim"] = new // own[names.heads]

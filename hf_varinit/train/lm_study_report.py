@@ -211,13 +211,17 @@ def _tokens(value) -> str:
     return "unknown" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{int(value):,}"
 
 
-def _test_cell(row, prefix: str) -> str:
-    diff, p = row[f"{prefix}_diff"], row[f"{prefix}_p"]
+def _test_text(diff, lo, hi, p) -> str:
+    """A difference with its 95 % interval and p: ``+0.1 [-0.2, +0.4], p=0.5``."""
     if diff is None or (isinstance(diff, float) and math.isnan(diff)):
         return "n/a"
     if p is None or math.isnan(p):
         return f"{diff:+.4g} (no test)"
-    return f"{diff:+.4g} [{row[f'{prefix}_diff_lo']:+.4g}, {row[f'{prefix}_diff_hi']:+.4g}], p={p:.3g}"
+    return f"{diff:+.4g} [{lo:+.4g}, {hi:+.4g}], p={p:.3g}"
+
+
+def _test_cell(row, prefix: str) -> str:
+    return _test_text(row[f"{prefix}_diff"], row[f"{prefix}_diff_lo"], row[f"{prefix}_diff_hi"], row[f"{prefix}_p"])
 
 
 def lm_table(summary: pd.DataFrame, horizons: Sequence[int], target: float) -> str:
@@ -274,8 +278,8 @@ def pairwise_table(runs: pd.DataFrame, arms: Sequence[dict]) -> str:
     for i, earlier in enumerate(labels[1:], start=1):
         for later in labels[i + 1:]:
             test = paired(final[earlier], final[later])
-            rows.append({"pair": f"{later} − {earlier}", "n": test["n"], "test": _test_cell(
-                {"d_diff": test["diff"], "d_p": test["p"], "d_diff_lo": test["lo"], "d_diff_hi": test["hi"]}, "d")})
+            rows.append({"pair": f"{later} − {earlier}", "n": test["n"],
+                         "test": _test_text(test["diff"], test["lo"], test["hi"], test["p"])})
     columns = [("pair", "arms"), ("n", "seeds"), ("test", "Δ final eval, paired by seed [95% CI], p")]
     return summary_table(rows, columns) if rows else ""
 
