@@ -27,15 +27,14 @@ from hf_varinit.record.from_checkpoint import stats_from_checkpoint
 from hf_varinit.report.report import VarianceReport
 from hf_varinit.train.lm_study import LMStudy, arm_slug, run_lm_study, study_seeds
 from hf_varinit.train.lm_study_report import (
-    RUN_COLUMNS,
     break_even_runs,
     gap_table,
     lm_table,
     paired,
     pairwise_table,
-    steps_to_target,
     summarize,
 )
+from hf_varinit.train.lm_study_runs import RECORD, RUN_COLUMNS, steps_to_target
 from hf_varinit.train.run_config import resolve_config_path
 from hf_varinit.train.study_report import pilot_cost
 from hf_varinit.train.study_stats import t_interval, welch
@@ -319,3 +318,75 @@ def test_report_only_writes_a_partial_card_of_the_seeds_every_arm_finished(study
     shutil.rmtree(partial / "runs" / "gpt2" / "seed0" / "final")
     assert main(study_argv(config, partial, "--report-only")) == 1
     assert "no seed has finished in every arm yet" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- a study that spans machines
+
+
+def _card_of(output: Path, card: Path) -> Path:
+    """What a user commits of a study: its card files, without the run folders."""
+    card.mkdir(parents=True)
+    for name in ("README.md", "runs.csv", "curves.csv", "study.json", "summary.csv"):
+        shutil.copy(output / name, card / name)
+    return card
+
+
+@pytest.mark.slow
+def test_runs_from_a_card_restore_every_finished_run_and_train_only_the_missing_seed(study, config, tmp_path):
+    output, _ = study
+    card = _card_of(output, tmp_path / "card")
+    curves = pd.read_csv(card / "curves.csv")
+    assert set(zip(curves["arm"], curves["seed"])) == {("gpt2", 0), ("gpt2", 1), ("kaiming", 0), ("kaiming", 1)}
+    assert curves["eval_loss"].notna().sum() == 4 * (STEPS // 2)  # every eval of every run
+    new = tmp_path / "new-machine"
+    code = main(study_argv(config, new, "--seeds", "0", "1", "2", "--runs-from", str(card)))
+    assert code == 0
+    for arm in ("gpt2", "kaiming"):
+        for seed in (0, 1):  # restored: a record, no training files
+            folder = new / "runs" / arm / f"seed{seed}"
+            assert (folder / RECORD).is_file() and not (folder / "metrics.jsonl").exists()
+        assert (new / "runs" / arm / "seed2" / "final" / "config.json").is_file()  # the missing seed trained
+    before, after = pd.read_csv(output / "runs.csv"), pd.read_csv(new / "runs.csv")
+    restored = after[after["seed"] < 2].reset_index(drop=True)
+    for column in ("arm", "seed", "final_step", "final_eval_loss", "steps_to_target", "tokens", "flops",
+                   "wall_seconds"):
+        pd.testing.assert_series_equal(restored[column], before[column], check_dtype=False)
+    assert (restored["recorded_in"] == str(card)).all() and after[after["seed"] == 2]["recorded_in"].isna().all()
+    summary, whole = pd.read_csv(new / "summary.csv"), pd.read_csv(output / "summary.csv")
+    assert summary["eval_2_mean"].notna().all()  # restored curves count at every horizon
+    readme = (new / "README.md").read_text()
+    assert "**Restored runs**: gpt2 seed 0, gpt2 seed 1, kaiming seed 0, kaiming seed 1" in readme
+    assert "kept no loss curve" not in readme
+    assert set(json.loads((new / "study.json").read_text())["wall_seconds"]) == {
+        f"{a}/seed{s}" for a in ("gpt2", "kaiming") for s in (0, 1, 2)}
+    assert len(whole) == len(summary) == 2
+    # the same study over seeds 0 and 1 only, restored: the card's numbers, nothing trained
+    again = tmp_path / "again"
+    assert main(study_argv(config, again, "--runs-from", str(card))) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(again / "summary.csv"), whole)
+
+
+@pytest.mark.slow
+def test_a_card_without_curves_restores_final_losses_only_and_a_bad_card_is_refused(study, config, tmp_path,
+                                                                                      capsys):
+    output, _ = study
+    card = _card_of(output, tmp_path / "card")
+    (card / "curves.csv").unlink()  # a card written before curves.csv existed
+    new = tmp_path / "new"
+    assert main(study_argv(config, new, "--runs-from", str(card))) == 0
+    after, before = pd.read_csv(new / "runs.csv"), pd.read_csv(output / "runs.csv")
+    assert after["final_eval_loss"].tolist() == pytest.approx(before["final_eval_loss"].tolist())
+    pd.testing.assert_series_equal(after["steps_to_target"], before["steps_to_target"], check_dtype=False)
+    assert "kept no loss curve of gpt2 seed 0" in (new / "README.md").read_text()
+    # another target: the card counted steps to TARGET and kept no curve to count again
+    assert main(study_argv(config, tmp_path / "t", "--runs-from", str(card), "--target-loss", "9")) == 1
+    assert "--target-loss 6.0" in capsys.readouterr().err
+    # another step count, another spec under a label, a folder that is no card: refused, nothing trained
+    for extra, message in ((["--steps", "4"], "steps=6"), (["--arms", "gpt2", "xavier", "--arm-names", "gpt2",
+                                                            "kaiming"], "'kaiming' seed 0 was 'kaiming' there"),
+                           (["--runs-from", str(tmp_path / "nowhere")], "not a readable LM study card")):
+        where = tmp_path / f"refused{len(message)}"
+        argv = study_argv(config, where, "--runs-from", str(card), *extra)
+        assert main(argv) == 1
+        assert message in capsys.readouterr().err
+        assert not list(where.rglob("metrics.jsonl"))

@@ -95,6 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lm.add_argument("--report-only", action="store_true",
                     help="--study lm only: train nothing; write the report of the seeds every arm has finished (a "
                          "partial card of a study still running) (default: off)")
+    lm.add_argument("--runs-from", default=None, metavar="CARD",
+                    help="--study lm only: a card of this study (study.json, runs.csv, curves.csv) whose finished "
+                         "runs are taken instead of trained again, so a study spans machines, e.g. "
+                         "model_cards/lm-study-gpt2-12l-3000 (default: none)")
     lm.add_argument("--no-progress", action="store_true",
                     help="--study lm only: no progress bar over the runs (TQDM_DISABLE=1 does the same) (default: off)")
     before = {a.dest for a in parser._actions}
@@ -116,7 +120,7 @@ def lm_study_from_args(args: argparse.Namespace):
     if foreign:
         raise ConfigError(f"{', '.join(foreign)}: flags of the lab's MLP studies; --study lm takes --config, --arms, "
                           "--arm-names, --seeds, --steps, --target-loss, --horizons, --output, --overwrite, "
-                          "--no-progress, --report-only")
+                          "--no-progress, --report-only, --runs-from")
     if not args.config:
         raise ConfigError("--study lm needs --config: a pretraining YAML or bundled config, e.g. gpt2-12l-lm-study")
     if args.target_loss is None:
@@ -130,7 +134,7 @@ def lm_study_from_args(args: argparse.Namespace):
     return LMStudy(config=args.config, arms=args.arms or [], seeds=seeds, steps=steps, target_loss=args.target_loss,
                    arm_names=args.arm_names, horizons=args.horizons, output=args.output,
                    overwrite=bool(args.overwrite), progress=not args.no_progress,
-                   report_only=bool(args.report_only))
+                   report_only=bool(args.report_only), runs_from=args.runs_from)
 
 
 def run(args: argparse.Namespace) -> int:

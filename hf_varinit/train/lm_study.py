@@ -15,6 +15,9 @@ steps), continues runs with a complete checkpoint (``--resume``), and refuses a 
 seed or step count (``--overwrite`` replaces the whole folder). ``study.json`` holds the settings: a rerun of
 another config or step count is refused; new arms and seeds extend the study. The report
 (`hf_varinit.train.lm_study_report`) is written at the end.
+
+A study spans machines through its card: ``--runs-from <card>`` takes the runs an earlier card recorded (its
+``runs.csv`` and ``curves.csv``) as finished, and trains only the rest (`hf_varinit.train.lm_study_runs`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from hf_varinit.io_utils import atomic_write_json
 from hf_varinit.record.stats_file import STATS_FILENAME, load_stats
 from hf_varinit.train.checkpoint import find_latest_checkpoint
 from hf_varinit.train.console import tqdm_disabled_by_env
-from hf_varinit.train.lm_study_report import run_rows, write_lm_report
+from hf_varinit.train.lm_study_report import write_lm_report
+from hf_varinit.train.lm_study_runs import read_record, restore_runs, run_rows
 from hf_varinit.train.loop import run_pretrain
 from hf_varinit.train.run_config import PretrainOptions, build_options, config_values, resolve_config_path
 from hf_varinit.train.study_report import pilot_cost
@@ -84,6 +88,8 @@ class LMStudy:
         report_only (`bool`): train nothing; write the report of the seeds every arm has finished (a partial card
             of a study that is still growing).
         command (`str`, *optional*): the command that regenerates the study, for the card.
+        runs_from (`str`, *optional*): a card of this study (``study.json``, ``runs.csv``, ``curves.csv``) whose
+            finished runs are taken instead of trained again (a study that spans machines).
     """
 
     config: str
@@ -98,6 +104,7 @@ class LMStudy:
     progress: bool = True
     report_only: bool = False
     command: str | None = None
+    runs_from: str | None = None
     labelled: list[dict] = field(init=False)
     options: dict[str, Any] = field(init=False)
 
@@ -200,24 +207,33 @@ def check_same_study(study: LMStudy, before: dict | None) -> dict[str, float]:
 
 
 def run_status(study: LMStudy, arm: dict, seed: int) -> str:
-    """``finished``, ``resume`` (a complete checkpoint) or ``new``; a finished run of other settings is refused."""
+    """``finished`` (trained here, or restored from a card), ``resume`` (a complete checkpoint) or ``new``; a finished
+    run of other settings is refused."""
     run_dir = study.run_dir(arm, seed)
+    record = read_record(run_dir)
+    if record is not None:
+        _refuse_other_settings(run_dir, {"init": _spec(record.get("spec")), "seed": record.get("seed"),
+                                         "steps": record.get("steps")}, arm, seed, study.steps)
+        return "finished"
     if (run_dir / "final" / "config.json").is_file() and (run_dir / STATS_FILENAME).is_file():
         try:
             metadata = load_stats(run_dir / STATS_FILENAME).metadata
         except StatsError as exc:
             raise ConfigError(f"{run_dir}: unreadable statistics ({exc}); pass --overwrite to rerun the study") from exc
-        recorded = {"init": _spec(metadata.get("rule")), "seed": metadata.get("seed"),
-                    "steps": metadata.get("max_steps")}
-        asked = {"init": _spec(arm["spec"]), "seed": seed, "steps": study.steps}
-        differ = [k for k in asked if recorded[k] != asked[k]]
-        if differ:
-            what = ", ".join(f"{k}={recorded[k]!r} (asked {asked[k]!r})" for k in differ)
-            raise ConfigError(f"{run_dir} is a finished run with {what}; pass --overwrite to replace the study "
-                              "folder, or choose another --output")
+        _refuse_other_settings(run_dir, {"init": _spec(metadata.get("rule")), "seed": metadata.get("seed"),
+                                         "steps": metadata.get("max_steps")}, arm, seed, study.steps)
         if metadata.get("final_step") == study.steps:
             return "finished"
     return "resume" if find_latest_checkpoint(run_dir) is not None else "new"
+
+
+def _refuse_other_settings(run_dir: Path, recorded: dict, arm: dict, seed: int, steps: int) -> None:
+    asked = {"init": _spec(arm["spec"]), "seed": seed, "steps": steps}
+    differ = [k for k in asked if recorded[k] != asked[k]]
+    if differ:
+        what = ", ".join(f"{k}={recorded[k]!r} (asked {asked[k]!r})" for k in differ)
+        raise ConfigError(f"{run_dir} is a finished run with {what}; pass --overwrite to replace the study "
+                          "folder, or choose another --output")
 
 
 def _spec(spec: str | None) -> str | None:
@@ -242,6 +258,12 @@ def run_lm_study(study: LMStudy) -> LMStudyResult:
     if study.overwrite and output.exists() and not study.report_only:
         shutil.rmtree(output)
     wall = check_same_study(study, _read_study(output))
+    if study.runs_from:
+        restored = restore_runs(study.runs_from, study.labelled, study.seeds, study.steps, study.options, study.run_dir,
+                                lambda arm, seed: run_status(study, arm, seed) == "finished")
+        wall.update({key: seconds for key, seconds in restored.items() if seconds is not None})
+        print(f"restored {len(restored)} finished run(s) from {study.runs_from}: {', '.join(restored) or 'none'}",
+              file=sys.stderr)
     pairs = [(arm, seed) for seed in study.seeds for arm in study.labelled]
     statuses = {(arm["label"], seed): run_status(study, arm, seed) for arm, seed in pairs}
     settings = study.settings()

@@ -1,9 +1,10 @@
 """The report of the LM init study (``hf-varinit compare --study lm``): per-run metrics -> tables, tests, card, plot.
 
-Three steps, as the runs are recorded: `run_rows` reads each run's ``metrics.jsonl`` and ``variance.safetensors``
-into one row per (arm, seed); `summarize` turns them into one row per arm (eval loss at fixed steps, steps to the
+Three steps, as the runs are recorded: `hf_varinit.train.lm_study_runs.run_rows` reads each finished run into one
+row per (arm, seed); `summarize` turns them into one row per arm (eval loss at fixed steps, steps to the
 target loss with a 95 % t-interval, Welch t-tests against the first arm, the pilot's cost in tokens);
-`write_lm_report` writes ``README.md``, ``summary.csv``, ``runs.csv`` and ``curves.png`` (each file atomically).
+`write_lm_report` writes ``README.md``, ``summary.csv``, ``runs.csv``, ``curves.csv`` and ``curves.png`` (each file
+atomically).
 The statistics are `hf_varinit.train.study_stats` (std over seeds with ddof 1); the card, the table, the figure and
 the pilot's cost are `hf_varinit.train.study_report`, shared with the lab's MLP studies.
 
@@ -14,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,82 +23,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hf_varinit.errors import ReportError
 from hf_varinit.io_utils import atomic_write, atomic_write_text
-from hf_varinit.record.stats_file import STATS_FILENAME, load_stats
 from hf_varinit.report.tables import format_cell
-from hf_varinit.train.study_report import figure, run_cost, seed_band, study_card, summary_table
+from hf_varinit.train.lm_study_runs import CURVES, curves_table
+from hf_varinit.train.study_report import figure, seed_band, study_card, summary_table
 from hf_varinit.train.study_stats import LEVEL, mean_std, paired_test, t_interval, welch
 
-__all__ = ["METRICS", "RUN_COLUMNS", "lm_table", "paired", "read_metrics", "run_rows", "run_tokens", "steps_to_target",
-           "summarize", "write_lm_report"]
+__all__ = ["gap_table", "lm_table", "paired", "pairwise_table", "summarize", "write_lm_report"]
 
-METRICS = "metrics.jsonl"
 SMOOTH = 5  # train-loss curves: trailing mean over this many log lines
 ALPHA = 1 - LEVEL  # 95 % intervals; "lower" / "higher" verdicts need p < ALPHA
-RUN_COLUMNS = ["arm", "spec", "seed", "run_dir", "final_step", "final_eval_loss", "steps_to_target", "tokens", "flops",
-               "wall_seconds"]
 
 
-# ----------------------------------------------------------------------------- one run
-
-
-def read_metrics(path: str | Path) -> pd.DataFrame:
-    """One row per logged step of a ``metrics.jsonl`` (``step``, ``loss``, ``eval_loss``...), the last line of a
-    step kept (a resumed run rewrites what followed its checkpoint)."""
-    try:
-        lines = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"cannot read the metrics {path}: {exc}; rerun the study to finish the run") from exc
-    frame = pd.DataFrame(lines)
-    if frame.empty or "step" not in frame:
-        raise ReportError(f"{path} has no metrics lines; rerun the study to finish the run")
-    for column in ("loss", "eval_loss"):
-        if column not in frame:
-            frame[column] = np.nan
-    return frame.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
-
-
-def steps_to_target(metrics: pd.DataFrame, target: float) -> int | None:
-    """The first eval step whose eval loss is <= ``target`` (None: never reached)."""
-    evals = metrics.dropna(subset=["eval_loss"])
-    hit = evals[evals["eval_loss"] <= target]
-    return None if hit.empty else int(hit["step"].iloc[0])
-
-
-def run_tokens(metadata: dict) -> int | None:
-    """Training tokens of a run from its statistics metadata: final_step x sequences_per_step x block_size."""
-    return run_cost(metadata)["tokens"]
-
-
-def run_rows(arms: Sequence[dict], seeds: Sequence[int], run_dir_of, target: float,
-             wall_seconds: dict[str, float] | None = None) -> tuple[pd.DataFrame, dict[tuple[str, int], pd.DataFrame]]:
-    """One row per (arm, seed) of finished runs (`RUN_COLUMNS`), and each run's metrics.
-
-    Args:
-        arms (`Sequence[dict]`): ``label``, ``spec`` and ``slug`` of every arm, the first the baseline.
-        seeds (`Sequence[int]`): the seeds.
-        run_dir_of (`Callable[[dict, int], Path]`): the run folder of an arm and seed.
-        target (`float`): the eval loss of the steps-to-target column.
-        wall_seconds (`dict[str, float]`, *optional*): ``"<slug>/seed<N>"`` -> training seconds.
-    """
-    rows, metrics = [], {}
-    for arm in arms:
-        for seed in seeds:
-            run_dir = Path(run_dir_of(arm, seed))
-            frame = read_metrics(run_dir / METRICS)
-            cost = run_cost(load_stats(run_dir / STATS_FILENAME).metadata)
-            evals = frame.dropna(subset=["eval_loss"])
-            rows.append({"arm": arm["label"], "spec": arm["spec"], "seed": seed, "run_dir": str(run_dir),
-                         "final_step": int(frame["step"].iloc[-1]),
-                         "final_eval_loss": float(evals["eval_loss"].iloc[-1]) if len(evals) else math.nan,
-                         "steps_to_target": steps_to_target(frame, target), "tokens": cost["tokens"],
-                         "flops": cost["flops"],
-                         "wall_seconds": (wall_seconds or {}).get(f"{arm['slug']}/seed{seed}")})
-            metrics[arm["label"], seed] = frame
-    runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    runs["steps_to_target"] = runs["steps_to_target"].astype("Int64")  # an integer column with gaps
-    return runs, metrics
+# ----------------------------------------------------------------------------- horizons
 
 
 def default_horizons(metrics: dict[tuple[str, int], pd.DataFrame]) -> list[int]:
@@ -314,7 +251,9 @@ def curves_plot(metrics: dict[tuple[str, int], pd.DataFrame], arms: Sequence[dic
     fig = figure(11, 4.2)
     ax_train, ax_eval = fig.subplots(1, 2)
     for i, arm in enumerate(arms):
-        frames = [f for (label, _), f in metrics.items() if label == arm["label"]]
+        frames = [f for (label, _), f in metrics.items() if label == arm["label"] and len(f) > 1]  # not final-only
+        if not frames:
+            continue
         for ax, column, smooth in ((ax_train, "loss", SMOOTH), (ax_eval, "eval_loss", 1)):
             series = [f.dropna(subset=[column]).set_index("step")[column].rolling(smooth, min_periods=1).mean()
                       for f in frames]
@@ -331,11 +270,25 @@ def curves_plot(metrics: dict[tuple[str, int], pd.DataFrame], arms: Sequence[dic
     fig.savefig(path, dpi=110, format="png")
 
 
+def _restored_text(runs: pd.DataFrame, metrics: dict[tuple[str, int], pd.DataFrame]) -> str:
+    """The card's line on runs taken from an earlier card's record (``--runs-from``) rather than trained here."""
+    taken = runs[runs["recorded_in"].notna()]
+    if taken.empty:
+        return ""
+    names = ", ".join(f"{a} seed {s}" for a, s in zip(taken["arm"], taken["seed"]))
+    bare = [f"{a} seed {s}" for a, s in zip(taken["arm"], taken["seed"]) if len(metrics[a, s]) <= 1]
+    return (f"\n**Restored runs**: {names} were trained earlier, on another machine, and are taken from the record "
+            f"of {', '.join(f'`{c}`' for c in sorted(set(taken['recorded_in'])))} (its `runs.csv` and `curves.csv`, "
+            "`--runs-from`), not trained again." +
+            (f" The record kept no loss curve of {', '.join(bare)}: they count with their final eval loss and "
+             "steps to target only, and draw no curve." if bare else "") + "\n")
+
+
 def _card(settings: dict, table: str, lines: list[str], horizons: Sequence[int], gaps: str = "",
-          pairs: str = "") -> str:
+          pairs: str = "", restored: str = "") -> str:
     arms = "\n".join(f"- `{a['label']}`: `{a['spec']}`" for a in settings["arms"])
     partial = (f"\n**Partial**: {settings['partial']}; one seed is an anecdote. The rest run with the command "
-               "below.\n" if settings.get("partial") else "")
+               "below.\n" if settings.get("partial") else "") + restored
     body = f"""
 # LM init study: {', '.join(a['label'] for a in settings['arms'])}
 
@@ -369,8 +322,8 @@ Eval steps reported: {', '.join(map(str, horizons)) or 'none in common'}.
 
 ![curves](curves.png)
 
-Per arm: `summary.csv`; per run (final eval loss, steps to target, tokens, wall seconds): `runs.csv`; the
-settings: `study.json`.
+Per arm: `summary.csv`; per run (final eval loss, steps to target, tokens, wall seconds): `runs.csv`; every
+run's logged train and eval loss: `curves.csv`; the settings: `study.json`.
 
 ## Regenerate
 
@@ -383,8 +336,8 @@ settings: `study.json`.
 
 def write_lm_report(output: Path, settings: dict, runs: pd.DataFrame,
                     metrics: dict[tuple[str, int], pd.DataFrame], pilots: dict[str, dict]) -> tuple[pd.DataFrame, str]:
-    """Write ``README.md``, ``summary.csv``, ``runs.csv`` and ``curves.png`` into ``output`` (each atomically, after
-    everything is computed); returns the summary and the printed table."""
+    """Write ``README.md``, ``summary.csv``, ``runs.csv``, ``curves.csv`` and ``curves.png`` into ``output`` (each
+    atomically, after everything is computed); returns the summary and the printed table."""
     arms = settings["arms"]
     horizons = sorted(set(settings.get("horizons") or default_horizons(metrics)) |
                       {int(runs["final_step"].max())})
@@ -393,9 +346,10 @@ def write_lm_report(output: Path, settings: dict, runs: pd.DataFrame,
     final = int(runs["final_step"].max())
     gap_horizons = sorted({h for h in settings.get("horizons") or () if h in horizons} | {final})
     card = _card(settings, table, verdicts(summary, settings["target_loss"]), horizons,
-                 gap_table(summary, gap_horizons), pairwise_table(runs, arms))
+                 gap_table(summary, gap_horizons), pairwise_table(runs, arms), _restored_text(runs, metrics))
     atomic_write(output / "curves.png", lambda tmp: curves_plot(metrics, arms, tmp))
     atomic_write_text(output / "summary.csv", summary.to_csv(index=False))
     atomic_write_text(output / "runs.csv", runs.to_csv(index=False))
+    atomic_write_text(output / CURVES, curves_table(metrics).to_csv(index=False))
     atomic_write_text(output / "README.md", card)
     return summary, table
