@@ -390,3 +390,9 @@ def test_a_card_without_curves_restores_final_losses_only_and_a_bad_card_is_refu
         assert main(argv) == 1
         assert message in capsys.readouterr().err
         assert not list(where.rglob("metrics.jsonl"))
+    runs = pd.read_csv(card / "runs.csv")
+    runs["final_eval_loss"] = runs["final_eval_loss"].astype(object)
+    runs.loc[0, "final_eval_loss"] = "not a loss"  # a hand-edited card
+    runs.to_csv(card / "runs.csv", index=False)
+    assert main(study_argv(config, tmp_path / "edited", "--runs-from", str(card))) == 1
+    assert "'gpt2' seed 0 in runs.csv or curves.csv is unreadable" in capsys.readouterr().err

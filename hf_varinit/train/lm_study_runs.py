@@ -159,13 +159,20 @@ def _read_card(card: Path, options: dict, steps: int) -> tuple[dict, pd.DataFram
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--runs-from {card}: not a readable LM study card ({exc}); give the folder of a "
                           "`compare --study lm` card (study.json, runs.csv)") from exc
+    if not isinstance(settings, dict):
+        raise ConfigError(f"--runs-from {card}: its study.json is not a study's settings; give the folder of a "
+                          "`compare --study lm` card")
     for key, asked in (("options", options), ("steps", steps)):
         if settings.get(key) != asked:
             raise ConfigError(f"--runs-from {card}: its runs were trained with {key}={settings.get(key)!r}, this "
                               f"study asks {asked!r}; restore only from a card of the same config and --steps")
-    missing = {"arm", "spec", "seed", "final_step", "final_eval_loss", "steps_to_target", "tokens"} - set(runs)
-    if missing:
-        raise ConfigError(f"--runs-from {card}: runs.csv lacks the columns {sorted(missing)}")
+    for name, frame, needed in (("runs.csv", runs, {"arm", "spec", "seed", "final_step", "final_eval_loss",
+                                                   "steps_to_target", "tokens"}),
+                                (CURVES, curves, set(CURVE_COLUMNS))):
+        missing = set() if frame is None else needed - set(frame)
+        if missing:
+            raise ConfigError(f"--runs-from {card}: {name} lacks the columns {sorted(missing)}; give the folder of "
+                              "a `compare --study lm` card")
     return settings, runs, curves
 
 
@@ -189,7 +196,8 @@ def restore_runs(card: str | Path, arms: Sequence[dict], seeds: Sequence[int], s
     for arm in arms:
         for seed in seeds:
             hit = runs[(runs["arm"].astype(str) == arm["label"]) & (runs["seed"] == seed)]
-            if hit.empty or int(hit["final_step"].iloc[0]) != steps or is_finished(arm, seed):
+            if hit.empty or pd.to_numeric(hit["final_step"], errors="coerce").iloc[0] != steps \
+                    or is_finished(arm, seed):
                 continue
             row = hit.iloc[0]
             try:
@@ -201,16 +209,24 @@ def restore_runs(card: str | Path, arms: Sequence[dict], seeds: Sequence[int], s
                                   f"{arm['spec']!r} here; give this spec another --arm-names label")
             curve = [] if curves is None else curves[(curves["arm"].astype(str) == arm["label"]) &
                                                      (curves["seed"] == seed)]
-            wall = None if pd.isna(row.get("wall_seconds", math.nan)) else float(row["wall_seconds"])
-            record = {"format": RECORD_FORMAT, "format_version": 1, "arm": arm["label"], "spec": arm["spec"],
-                      "seed": seed, "steps": steps, "final_step": int(row["final_step"]),
-                      "final_eval_loss": float(row["final_eval_loss"]), "target_loss": settings.get("target_loss"),
-                      "steps_to_target": None if pd.isna(row["steps_to_target"]) else int(row["steps_to_target"]),
-                      "tokens": None if pd.isna(row["tokens"]) else int(row["tokens"]),
-                      "flops": None if pd.isna(row.get("flops", math.nan)) else float(row["flops"]),
-                      "wall_seconds": wall, "recorded_in": str(card),
-                      "curve": [] if len(curve) == 0 else
-                      curve[["step", "loss", "eval_loss"]].astype(float).values.tolist()}
+            try:
+                record = _record(row, curve, arm, seed, steps, settings.get("target_loss"), card)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"--runs-from {card}: the row of {arm['label']!r} seed {seed} in runs.csv or "
+                                  f"{CURVES} is unreadable ({exc}); train that run again") from exc
             atomic_write_json(Path(run_dir_of(arm, seed)) / RECORD, json_safe(record), indent=None)
-            restored[f"{arm['slug']}/seed{seed}"] = wall
+            restored[f"{arm['slug']}/seed{seed}"] = record["wall_seconds"]
     return restored
+
+
+def _record(row: pd.Series, curve, arm: dict, seed: int, steps: int, target, card: Path) -> dict:
+    """The ``record.json`` of one card row (and its curve rows)."""
+    def number(key, kind):
+        value = row.get(key, math.nan)
+        return None if pd.isna(value) else kind(value)
+
+    return {"format": RECORD_FORMAT, "format_version": 1, "arm": arm["label"], "spec": arm["spec"], "seed": seed,
+            "steps": steps, "final_step": int(row["final_step"]), "final_eval_loss": float(row["final_eval_loss"]),
+            "target_loss": target, "steps_to_target": number("steps_to_target", int), "tokens": number("tokens", int),
+            "flops": number("flops", float), "wall_seconds": number("wall_seconds", float), "recorded_in": str(card),
+            "curve": [] if len(curve) == 0 else curve[["step", "loss", "eval_loss"]].astype(float).values.tolist()}
