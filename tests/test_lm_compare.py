@@ -355,7 +355,7 @@ def test_runs_from_a_card_restore_every_finished_run_and_train_only_the_missing_
     summary, whole = pd.read_csv(new / "summary.csv"), pd.read_csv(output / "summary.csv")
     assert summary["eval_2_mean"].notna().all()  # restored curves count at every horizon
     readme = (new / "README.md").read_text()
-    assert "**Restored runs**: gpt2 seed 0, gpt2 seed 1, kaiming seed 0, kaiming seed 1" in readme
+    assert "**Restored runs** (seeds 0, 1 of `gpt2`, `kaiming`)" in readme
     assert "kept no loss curve" not in readme
     assert set(json.loads((new / "study.json").read_text())["wall_seconds"]) == {
         f"{a}/seed{s}" for a in ("gpt2", "kaiming") for s in (0, 1, 2)}
@@ -377,7 +377,7 @@ def test_a_card_without_curves_restores_final_losses_only_and_a_bad_card_is_refu
     after, before = pd.read_csv(new / "runs.csv"), pd.read_csv(output / "runs.csv")
     assert after["final_eval_loss"].tolist() == pytest.approx(before["final_eval_loss"].tolist())
     pd.testing.assert_series_equal(after["steps_to_target"], before["steps_to_target"], check_dtype=False)
-    assert "kept no loss curve of gpt2 seed 0" in (new / "README.md").read_text()
+    assert "kept no loss curve of seeds 0, 1 of `gpt2`, `kaiming`" in (new / "README.md").read_text()
     # another target: the card counted steps to TARGET and kept no curve to count again
     assert main(study_argv(config, tmp_path / "t", "--runs-from", str(card), "--target-loss", "9")) == 1
     assert "--target-loss 6.0" in capsys.readouterr().err

@@ -270,17 +270,29 @@ def curves_plot(metrics: dict[tuple[str, int], pd.DataFrame], arms: Sequence[dic
     fig.savefig(path, dpi=110, format="png")
 
 
+def _runs_text(pairs: list[tuple[str, int]]) -> str:
+    """``seeds 0, 1 of a and b; seed 2 of c``: (arm, seed) pairs grouped by the seeds each arm has."""
+    by_arm: dict[str, list[int]] = {}
+    for arm, seed in pairs:
+        by_arm.setdefault(arm, []).append(int(seed))
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for arm, seeds in by_arm.items():
+        groups.setdefault(tuple(sorted(seeds)), []).append(f"`{arm}`")
+    return "; ".join(f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))} of {', '.join(arms)}"
+                     for seeds, arms in groups.items())
+
+
 def _restored_text(runs: pd.DataFrame, metrics: dict[tuple[str, int], pd.DataFrame]) -> str:
     """The card's line on runs taken from an earlier card's record (``--runs-from``) rather than trained here."""
     taken = runs[runs["recorded_in"].notna()]
     if taken.empty:
         return ""
-    names = ", ".join(f"{a} seed {s}" for a, s in zip(taken["arm"], taken["seed"]))
-    bare = [f"{a} seed {s}" for a, s in zip(taken["arm"], taken["seed"]) if len(metrics[a, s]) <= 1]
-    return (f"\n**Restored runs**: {names} were trained earlier, on another machine, and are taken from the record "
-            f"of {', '.join(f'`{c}`' for c in sorted(set(taken['recorded_in'])))} (its `runs.csv` and `curves.csv`, "
-            "`--runs-from`), not trained again." +
-            (f" The record kept no loss curve of {', '.join(bare)}: they count with their final eval loss and "
+    pairs = list(zip(taken["arm"], taken["seed"]))
+    bare = [(a, s) for a, s in pairs if len(metrics[a, s]) <= 1]
+    cards = ", ".join(f"`{c}`" for c in sorted(set(taken["recorded_in"])))
+    return (f"\n**Restored runs** ({_runs_text(pairs)}): trained earlier, on another machine, and taken from the "
+            f"record of {cards} (its `runs.csv` and `curves.csv`, `--runs-from`), not trained again." +
+            (f" That record kept no loss curve of {_runs_text(bare)}: they count with their final eval loss and "
              "steps to target only, and draw no curve." if bare else "") + "\n")
 
 
