@@ -109,7 +109,8 @@ def replica_values(path: str) -> tuple[str, dict[str, float]]:
     ``measured`` column, the V(W) of that card's target)."""
     if path.endswith(".csv"):
         frame = pd.read_csv(path).drop_duplicates("key")
-        return f"replica {Path(path).parent.name}", dict(zip(frame["key"], frame["measured"]))
+        card = Path(path).parent  # name the card, not only its subfolder (transfer-accuracy/)
+        return f"replica {card.parent.name}/{card.name}", dict(zip(frame["key"], frame["measured"]))
     (folder,) = finished([path]) or sys.exit(f"the replica {path} has not finished")
     return f"replica {folder.name}", load(folder).variances(nonstationary="last")
 
