@@ -21,8 +21,8 @@ import pandas as pd
 
 from hf_varinit.io_utils import write_folder
 from hf_varinit.record.stats_file import load_stats
+from hf_varinit.report.cost import run_cost
 from hf_varinit.train.lm_study_runs import read_metrics
-from hf_varinit.train.study_report import run_cost
 from hf_varinit.train.study_stats import paired_test
 
 

@@ -24,6 +24,7 @@ from hf_varinit.errors import ConfigError, RuleError
 from hf_varinit.init.transfer import TransferFit
 from hf_varinit.io_utils import atomic_write_text
 from hf_varinit.record.from_checkpoint import stats_from_checkpoint
+from hf_varinit.report.cost import pilot_cost
 from hf_varinit.report.report import VarianceReport
 from hf_varinit.train.lm_study import LMStudy, arm_slug, run_lm_study, study_seeds
 from hf_varinit.train.lm_study_report import (
@@ -36,7 +37,6 @@ from hf_varinit.train.lm_study_report import (
 )
 from hf_varinit.train.lm_study_runs import RECORD, RUN_COLUMNS, steps_to_target
 from hf_varinit.train.run_config import resolve_config_path
-from hf_varinit.train.study_report import pilot_cost
 from hf_varinit.train.study_stats import t_interval, welch
 
 STEPS, TARGET = 6, 6.0
@@ -187,6 +187,26 @@ def test_pilot_cost_is_the_source_runs_tokens_also_from_its_final_weights(study,
     VarianceReport.from_stats(stats_from_checkpoint(tmp_path / "other")).save(tmp_path / "other-weights")
     cost = pilot_cost(f"optimal:report={tmp_path / 'other-weights'}")
     assert cost["tokens"] is None and "unknown" in cost["note"]
+
+
+@pytest.mark.slow
+def test_a_multi_run_report_keeps_what_its_runs_cost_when_they_are_gone(study, tmp_path):
+    output, _ = study
+    runs = [tmp_path / "proxies" / f"seed{s}" for s in (0, 1)]
+    for seed, run in enumerate(runs):
+        shutil.copytree(output / "runs" / "gpt2" / f"seed{seed}", run)
+    assert main(["report", *map(str, runs), "--output", str(tmp_path / "report")]) == 0
+    spec = f"optimal:report={tmp_path / 'report'}"
+    live = pilot_cost(spec)
+    assert live["tokens"] == 2 * STEPS * 4 * 32 and live["flops"] > 0 and live["note"] == "2 source runs"
+    shutil.rmtree(tmp_path / "proxies")  # the report travels (the hub, a commit); its runs do not
+    assert pilot_cost(spec) == live
+    doc = json.loads((tmp_path / "report" / "steady_state.json").read_text())
+    assert doc["transfer"]["source_costs"] == [{"tokens": STEPS * 4 * 32, "flops": live["flops"] // 2}] * 2
+    del doc["transfer"]["source_costs"]  # a report written before it kept them: unknown, said so
+    (tmp_path / "report" / "steady_state.json").write_text(json.dumps(doc))
+    cost = pilot_cost(spec)
+    assert cost["tokens"] is None and cost["flops"] is None and "not all readable" in cost["note"]
 
 
 # ----------------------------------------------------------------------------- the statistics, by hand

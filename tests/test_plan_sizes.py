@@ -119,7 +119,7 @@ def test_the_bundled_lm_study_reports_initialise_a_model_by_name(name, overrides
 
 
 def test_a_bundled_report_costs_the_user_no_pilot():
-    from hf_varinit.train.study_report import pilot_cost
+    from hf_varinit.report.cost import pilot_cost
 
     cost = pilot_cost("optimal:report=gpt2-12l-lm-study-w64-w128,width-transfer=fit")
     assert (cost["tokens"], cost["flops"]) == (0, 0) and "bundled" in cost["note"]

@@ -35,8 +35,8 @@ from pathlib import Path
 from hf_varinit.calibrate import CalibrationResult, calibrate
 from hf_varinit.errors import ConfigError
 from hf_varinit.io_utils import atomic_write_json, check_overwrite, json_safe, write_folder
+from hf_varinit.report.cost import run_cost
 from hf_varinit.report.report import VarianceReport
-from hf_varinit.train.study_report import run_cost
 from hf_varinit_lab.cards import arm_table, compare_card
 from hf_varinit_lab.controls import best_lrs, metric_names, paired_rows, scale_arms, summarize_groups
 from hf_varinit_lab.datasets import load_classification

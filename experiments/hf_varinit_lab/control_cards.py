@@ -117,7 +117,7 @@ def best_lr_section(best: dict) -> str:
 
 def pilot_cost_line(summary: dict) -> str:
     """What the optimal rule costs before the first real run: pilot steps, calibration steps (each pilot's cost is
-    `hf_varinit.train.study_report.run_cost` of its record)."""
+    `hf_varinit.report.cost.run_cost` of its record)."""
     parts = []
     for lr, info in summary.get("pilots", {}).items():
         cal = info["calibration"]

@@ -145,10 +145,12 @@ class TransferFit:
     sources: list[str]
     n_layer: int | None
     fits: dict[str, PowerLawFit] = field(default_factory=dict)
+    source_costs: list[dict] = field(default_factory=list)  # per source run: {"tokens", "flops"} (None: unknown)
 
     def to_dict(self) -> dict:
         return {"widths": self.widths, "depths": self.depths, "sources": self.sources, "n_layer": self.n_layer,
-                "fits": {k: asdict(f) for k, f in self.fits.items()}}
+                "fits": {k: asdict(f) for k, f in self.fits.items()},
+                **({"source_costs": self.source_costs} if self.source_costs else {})}
 
     @classmethod
     def from_dict(cls, doc: Any) -> TransferFit | None:
@@ -157,8 +159,11 @@ class TransferFit:
             return None
         try:
             fits = {str(k): PowerLawFit(**f) for k, f in doc.get("fits", {}).items()}
+            costs = [{k: None if c.get(k) is None else int(c[k]) for k in ("tokens", "flops")}
+                     for c in doc.get("source_costs") or []]
             out = cls(widths=[int(w) for w in doc["widths"]], depths=[int(d) for d in doc["depths"]],
-                      sources=[str(s) for s in doc["sources"]], n_layer=doc.get("n_layer"), fits=fits)
+                      sources=[str(s) for s in doc["sources"]], n_layer=doc.get("n_layer"), fits=fits,
+                      source_costs=costs)
         except (TypeError, KeyError, ValueError, AttributeError) as exc:
             raise ReportError(f"malformed 'transfer' entry: {type(exc).__name__}: {exc}") from None
         for key, f in fits.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 from hf_varinit.arch.config import hidden_size
 from hf_varinit.errors import ReportError
 from hf_varinit.init.compatibility import table_fans
+from hf_varinit.report.cost import run_cost
 from hf_varinit.report.report import VarianceReport
 from hf_varinit.report.transfer import check_combinable, fit_runs
 
@@ -32,5 +33,13 @@ def combine_reports(reports: list[VarianceReport]) -> VarianceReport:
                      "variances": r.variances(), "fans": fans})
     check_combinable(runs)
     base = max(range(len(runs)), key=lambda i: (runs[i]["width"], runs[i]["n_layer"] or 0))
-    reports[base].transfer = fit_runs(runs)
+    fit = fit_runs(runs)
+    fit.source_costs = [_cost(r) for r in reports]  # kept: the runs may not travel with the report
+    reports[base].transfer = fit
     return reports[base]
+
+
+def _cost(report: VarianceReport) -> dict[str, int | None]:
+    metadata = {**(report.stats.metadata if report.stats is not None else {}), **report.metadata}
+    cost = run_cost(metadata)
+    return {"tokens": cost["tokens"], "flops": cost["flops"]}

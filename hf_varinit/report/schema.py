@@ -132,6 +132,11 @@ def _check_transfer(check: JsonChecker, transfer: dict | None) -> None:
         check.fail("transfer.fits", fits, "a JSON object of key -> fit (an object)")
     for key, fit in (fits or {}).items():
         check.fields(fit, {"c": "number", "alpha": "number"}, prefix=f"transfer.fits[{shown(key)}].")
+    costs = transfer.get("source_costs")
+    if costs is not None and not (isinstance(costs, list) and all(isinstance(c, dict) for c in costs)):
+        check.fail("transfer.source_costs", costs, "a list of {tokens, flops} objects, one per source run")
+    for i, cost in enumerate(costs or []):
+        check.fields(cost, {"tokens": "index", "flops": "index"}, prefix=f"transfer.source_costs[{i}].")
 
 
 def _opt(d: dict, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:

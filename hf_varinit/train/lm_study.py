@@ -38,13 +38,13 @@ from hf_varinit.errors import ConfigError, HFVarInitError, RuleError, StatsError
 from hf_varinit.init.rules import get_rule
 from hf_varinit.io_utils import atomic_write_json
 from hf_varinit.record.stats_file import STATS_FILENAME, load_stats
+from hf_varinit.report.cost import pilot_cost
 from hf_varinit.train.checkpoint import find_latest_checkpoint
 from hf_varinit.train.console import tqdm_disabled_by_env
 from hf_varinit.train.lm_study_report import write_lm_report
 from hf_varinit.train.lm_study_runs import read_record, restore_runs, run_rows
 from hf_varinit.train.loop import run_pretrain
 from hf_varinit.train.run_config import PretrainOptions, build_options, config_values, resolve_config_path
-from hf_varinit.train.study_report import pilot_cost
 
 __all__ = ["LMStudy", "LMStudyResult", "arm_slug", "run_lm_study", "study_seeds"]
 

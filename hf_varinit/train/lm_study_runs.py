@@ -25,7 +25,7 @@ from hf_varinit.errors import ConfigError, HFVarInitError, ReportError
 from hf_varinit.init.rules import get_rule
 from hf_varinit.io_utils import atomic_write_json, json_safe
 from hf_varinit.record.stats_file import STATS_FILENAME, load_stats
-from hf_varinit.train.study_report import run_cost
+from hf_varinit.report.cost import run_cost
 
 __all__ = ["CURVES", "CURVE_COLUMNS", "METRICS", "RECORD", "RUN_COLUMNS", "curves_table", "read_metrics", "read_record",
            "restore_runs", "run_rows", "run_tokens", "steps_to_target"]
