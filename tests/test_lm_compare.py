@@ -300,6 +300,12 @@ def test_steps_paired_by_seed_over_seeds_that_reach_the_target_in_both_arms_and_
     assert break_even_runs(6000.0, 3000.0, 30, +5.0) is None  # no saving: never pays
     table = gap_table(summary, [10, 30])
     assert "Δ eval @10 vs a, paired" in table and "| 6 " in table and "6e+03" in table
+    unknown = summarize(runs, frames, arms, [10, 30], {"b": {"tokens": None, "flops": None, "note": "unknown"}})
+    assert "pilot cost unknown" in gap_table(unknown, [10, 30])  # a saving, but nothing known to pay back
+    slower = runs.assign(steps_to_target=runs["steps_to_target"].where(runs["arm"] == "a", 30))
+    assert "no saving to pay with" in gap_table(summarize(slower, frames, arms, [10, 30],
+                                                          {"b": {"tokens": 600, "flops": 6000.0, "note": "one"}}),
+                                                [10, 30])
 
 
 def test_the_other_pairs_of_arms_are_tested_paired_by_seed():

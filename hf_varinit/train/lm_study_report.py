@@ -186,6 +186,13 @@ def _flops(value) -> str:
     return "unknown" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.3g}"
 
 
+def _break_even_text(even, pilot_flops) -> str:
+    if even is not None and not (isinstance(even, float) and math.isnan(even)):
+        return "0 (no pilot)" if even == 0 else f"{even:.3g}"
+    unknown = pilot_flops is None or (isinstance(pilot_flops, float) and math.isnan(pilot_flops))
+    return "pilot cost unknown" if unknown else "no saving to pay with"
+
+
 def gap_table(summary: pd.DataFrame, horizons: Sequence[int]) -> str:
     """Per arm against the first: the eval-loss gap at each horizon paired by seed (mean, 95 % CI, p), the cost in
     FLOPs, and the break-even: how many runs the report must initialise before its pilot pays."""
@@ -196,9 +203,7 @@ def gap_table(summary: pd.DataFrame, horizons: Sequence[int]) -> str:
         for h in horizons:
             row[f"gap_{h}"] = _test_cell({"gap_diff": r[f"gap_{h}_diff"], "gap_p": r[f"gap_{h}_p"],
                                           "gap_diff_lo": r[f"gap_{h}_lo"], "gap_diff_hi": r[f"gap_{h}_hi"]}, "gap")
-        even = r.get("break_even_runs")
-        row["break_even"] = "no saving to pay with" if even is None or (isinstance(even, float) and math.isnan(even)) \
-            else ("0 (no pilot)" if even == 0 else f"{even:.3g}")
+        row["break_even"] = _break_even_text(r.get("break_even_runs"), r.get("pilot_flops"))
         rows.append(row)
     columns = [("arm", "arm"), *((f"gap_{h}", f"Δ eval @{h} vs {first}, paired") for h in horizons),
                ("run_flops", "run FLOPs"), ("pilot_flops", "pilot FLOPs"), ("break_even", "break-even runs")]
