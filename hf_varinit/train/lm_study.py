@@ -42,7 +42,7 @@ from hf_varinit.report.cost import pilot_cost
 from hf_varinit.train.checkpoint import find_latest_checkpoint
 from hf_varinit.train.console import tqdm_disabled_by_env
 from hf_varinit.train.lm_study_report import write_lm_report
-from hf_varinit.train.lm_study_runs import read_record, restore_runs, run_rows
+from hf_varinit.train.lm_study_runs import canonical_spec, read_record, restore_runs, run_rows
 from hf_varinit.train.loop import run_pretrain
 from hf_varinit.train.run_config import PretrainOptions, build_options, config_values, resolve_config_path
 
@@ -212,7 +212,7 @@ def run_status(study: LMStudy, arm: dict, seed: int) -> str:
     run_dir = study.run_dir(arm, seed)
     record = read_record(run_dir)
     if record is not None:
-        _refuse_other_settings(run_dir, {"init": _spec(record.get("spec")), "seed": record.get("seed"),
+        _refuse_other_settings(run_dir, {"init": canonical_spec(record.get("spec")), "seed": record.get("seed"),
                                          "steps": record.get("steps")}, arm, seed, study.steps)
         return "finished"
     if (run_dir / "final" / "config.json").is_file() and (run_dir / STATS_FILENAME).is_file():
@@ -220,7 +220,7 @@ def run_status(study: LMStudy, arm: dict, seed: int) -> str:
             metadata = load_stats(run_dir / STATS_FILENAME).metadata
         except StatsError as exc:
             raise ConfigError(f"{run_dir}: unreadable statistics ({exc}); pass --overwrite to rerun the study") from exc
-        _refuse_other_settings(run_dir, {"init": _spec(metadata.get("rule")), "seed": metadata.get("seed"),
+        _refuse_other_settings(run_dir, {"init": canonical_spec(metadata.get("rule")), "seed": metadata.get("seed"),
                                          "steps": metadata.get("max_steps")}, arm, seed, study.steps)
         if metadata.get("final_step") == study.steps:
             return "finished"
@@ -228,17 +228,12 @@ def run_status(study: LMStudy, arm: dict, seed: int) -> str:
 
 
 def _refuse_other_settings(run_dir: Path, recorded: dict, arm: dict, seed: int, steps: int) -> None:
-    asked = {"init": _spec(arm["spec"]), "seed": seed, "steps": steps}
+    asked = {"init": canonical_spec(arm["spec"]), "seed": seed, "steps": steps}
     differ = [k for k in asked if recorded[k] != asked[k]]
     if differ:
         what = ", ".join(f"{k}={recorded[k]!r} (asked {asked[k]!r})" for k in differ)
         raise ConfigError(f"{run_dir} is a finished run with {what}; pass --overwrite to replace the study "
                           "folder, or choose another --output")
-
-
-def _spec(spec: str | None) -> str | None:
-    """A rule spec in its canonical spelling (as `get_rule` writes it back), to compare two spellings."""
-    return None if spec is None else get_rule(spec).spec
 
 
 def run_lm_study(study: LMStudy) -> LMStudyResult:

@@ -5,8 +5,8 @@ row per (arm, seed); `summarize` turns them into one row per arm (eval loss at f
 target loss with a 95 % t-interval, Welch t-tests against the first arm, the pilot's cost in tokens);
 `write_lm_report` writes ``README.md``, ``summary.csv``, ``runs.csv``, ``curves.csv`` and ``curves.png`` (each file
 atomically).
-The statistics are `hf_varinit.train.study_stats` (std over seeds with ddof 1); the card, the table, the figure and
-the pilot's cost are `hf_varinit.train.study_report`, shared with the lab's MLP studies.
+The statistics are `hf_varinit.train.study_stats` (std over seeds with ddof 1); the card, the table and the figure
+are `hf_varinit.train.study_report`, shared with the lab's MLP studies; the pilot's cost is `hf_varinit.report.cost`.
 
 Example:
     >>> paired({0: 5.0, 1: 6.0}, {0: 4.9, 1: 5.8})["n"]  # doctest: +SKIP

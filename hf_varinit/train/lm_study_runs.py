@@ -28,7 +28,7 @@ from hf_varinit.record.stats_file import STATS_FILENAME, load_stats
 from hf_varinit.report.cost import run_cost
 
 __all__ = ["CURVES", "CURVE_COLUMNS", "METRICS", "RECORD", "RUN_COLUMNS", "curves_table", "read_metrics", "read_record",
-           "restore_runs", "run_rows", "run_tokens", "steps_to_target"]
+           "restore_runs", "run_rows", "canonical_spec", "steps_to_target"]
 
 METRICS = "metrics.jsonl"
 CURVES = "curves.csv"
@@ -60,11 +60,6 @@ def steps_to_target(metrics: pd.DataFrame, target: float) -> int | None:
     evals = metrics.dropna(subset=["eval_loss"])
     hit = evals[evals["eval_loss"] <= target]
     return None if hit.empty else int(hit["step"].iloc[0])
-
-
-def run_tokens(metadata: dict) -> int | None:
-    """Training tokens of a run from its statistics metadata: final_step x sequences_per_step x block_size."""
-    return run_cost(metadata)["tokens"]
 
 
 def read_record(run_dir: str | Path) -> dict | None:
@@ -146,8 +141,9 @@ def curves_table(metrics: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- a study that spans machines
 
 
-def _canonical(spec: str) -> str:
-    return get_rule(spec).spec
+def canonical_spec(spec: str | None) -> str | None:
+    """A rule spec in its canonical spelling (as `get_rule` writes it back), to compare two spellings."""
+    return None if spec is None else get_rule(spec).spec
 
 
 def _read_card(card: Path, options: dict, steps: int) -> tuple[dict, pd.DataFrame, pd.DataFrame | None]:
@@ -201,7 +197,7 @@ def restore_runs(card: str | Path, arms: Sequence[dict], seeds: Sequence[int], s
                 continue
             row = hit.iloc[0]
             try:
-                same = _canonical(str(row["spec"])) == _canonical(arm["spec"])
+                same = canonical_spec(str(row["spec"])) == canonical_spec(arm["spec"])
             except HFVarInitError:
                 same = False
             if not same:
