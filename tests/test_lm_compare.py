@@ -365,6 +365,8 @@ def test_runs_from_a_card_restore_every_finished_run_and_train_only_the_missing_
     assert set(zip(curves["arm"], curves["seed"])) == {("gpt2", 0), ("gpt2", 1), ("kaiming", 0), ("kaiming", 1)}
     assert curves["eval_loss"].notna().sum() == 4 * (STEPS // 2)  # every eval of every run
     new = tmp_path / "new-machine"
+    # restored first for a look (--report-only), then trained: the restored runs keep the card's wall seconds
+    assert main(study_argv(config, new, "--seeds", "0", "1", "2", "--runs-from", str(card), "--report-only")) == 0
     code = main(study_argv(config, new, "--seeds", "0", "1", "2", "--runs-from", str(card)))
     assert code == 0
     for arm in ("gpt2", "kaiming"):

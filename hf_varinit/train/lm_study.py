@@ -260,6 +260,10 @@ def run_lm_study(study: LMStudy) -> LMStudyResult:
         print(f"restored {len(restored)} finished run(s) from {study.runs_from}: {', '.join(restored) or 'none'}",
               file=sys.stderr)
     pairs = [(arm, seed) for seed in study.seeds for arm in study.labelled]
+    for arm, seed in pairs:  # runs restored by an earlier call (e.g. a --report-only look) keep their card's time
+        record = read_record(study.run_dir(arm, seed))
+        if record is not None and record.get("wall_seconds") is not None:
+            wall.setdefault(f"{arm['slug']}/seed{seed}", record["wall_seconds"])
     statuses = {(arm["label"], seed): run_status(study, arm, seed) for arm, seed in pairs}
     settings = study.settings()
     if study.report_only:
