@@ -406,6 +406,21 @@ def test_a_card_without_curves_restores_final_losses_only_and_a_bad_card_is_refu
     assert after["final_eval_loss"].tolist() == pytest.approx(before["final_eval_loss"].tolist())
     pd.testing.assert_series_equal(after["steps_to_target"], before["steps_to_target"], check_dtype=False)
     assert "kept no loss curve of seeds 0, 1 of `gpt2`, `kaiming`" in (new / "README.md").read_text()
+    # that card, restored in turn: its curves.csv holds no rows of those runs, so the steps come from its runs.csv
+    assert pd.read_csv(new / "curves.csv").empty
+    assert main(study_argv(config, tmp_path / "twice", "--runs-from", str(new))) == 0
+    twice = pd.read_csv(tmp_path / "twice" / "runs.csv")
+    pd.testing.assert_series_equal(twice["steps_to_target"], before["steps_to_target"], check_dtype=False)
+    # a card written before that, whose curves.csv holds each such run's final eval loss as a one-row "curve"
+    legacy = tmp_path / "legacy"
+    shutil.copytree(new, legacy, ignore=shutil.ignore_patterns("runs"))
+    pd.DataFrame({"arm": after["arm"], "seed": after["seed"], "step": after["final_step"], "loss": math.nan,
+                  "eval_loss": after["final_eval_loss"]}).to_csv(legacy / "curves.csv", index=False)
+    settings = json.loads((legacy / "study.json").read_text())
+    (legacy / "study.json").write_text(json.dumps({**settings, "target_loss": 9.0}))  # reached before the end
+    after.assign(steps_to_target=2).to_csv(legacy / "runs.csv", index=False)
+    assert main(study_argv(config, tmp_path / "from-legacy", "--runs-from", str(legacy), "--target-loss", "9")) == 0
+    assert (pd.read_csv(tmp_path / "from-legacy" / "runs.csv")["steps_to_target"] == 2).all()  # the card's count
     # another target: the card counted steps to TARGET and kept no curve to count again
     assert main(study_argv(config, tmp_path / "t", "--runs-from", str(card), "--target-loss", "9")) == 1
     assert "--target-loss 6.0" in capsys.readouterr().err

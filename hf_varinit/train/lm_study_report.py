@@ -25,7 +25,7 @@ import pandas as pd
 
 from hf_varinit.io_utils import atomic_write, atomic_write_text
 from hf_varinit.report.tables import format_cell
-from hf_varinit.train.lm_study_runs import CURVES, curves_table
+from hf_varinit.train.lm_study_runs import CURVES, curves_table, has_curve
 from hf_varinit.train.study_report import figure, seed_band, study_card, summary_table
 from hf_varinit.train.study_stats import LEVEL, mean_std, paired_test, t_interval, welch
 
@@ -256,7 +256,7 @@ def curves_plot(metrics: dict[tuple[str, int], pd.DataFrame], arms: Sequence[dic
     fig = figure(11, 4.2)
     ax_train, ax_eval = fig.subplots(1, 2)
     for i, arm in enumerate(arms):
-        frames = [f for (label, _), f in metrics.items() if label == arm["label"] and len(f) > 1]  # not final-only
+        frames = [f for (label, _), f in metrics.items() if label == arm["label"] and has_curve(f)]
         if not frames:
             continue
         for ax, column, smooth in ((ax_train, "loss", SMOOTH), (ax_eval, "eval_loss", 1)):
@@ -293,7 +293,7 @@ def _restored_text(runs: pd.DataFrame, metrics: dict[tuple[str, int], pd.DataFra
     if taken.empty:
         return ""
     pairs = list(zip(taken["arm"], taken["seed"]))
-    bare = [(a, s) for a, s in pairs if len(metrics[a, s]) <= 1]
+    bare = [(a, s) for a, s in pairs if not has_curve(metrics[a, s])]
     cards = ", ".join(f"`{c}`" for c in sorted(set(taken["recorded_in"])))
     return (f"\n**Restored runs** ({_runs_text(pairs)}): trained earlier, on another machine, and taken from the "
             f"record of {cards} (its `runs.csv` and `curves.csv`, `--runs-from`), not trained again." +

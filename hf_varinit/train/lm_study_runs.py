@@ -27,8 +27,8 @@ from hf_varinit.io_utils import atomic_write_json, json_safe
 from hf_varinit.record.stats_file import STATS_FILENAME, load_stats
 from hf_varinit.report.cost import run_cost
 
-__all__ = ["CURVES", "CURVE_COLUMNS", "METRICS", "RECORD", "RUN_COLUMNS", "curves_table", "read_metrics", "read_record",
-           "restore_runs", "run_rows", "canonical_spec", "steps_to_target"]
+__all__ = ["CURVES", "CURVE_COLUMNS", "METRICS", "RECORD", "RUN_COLUMNS", "canonical_spec", "curves_table", "has_curve",
+           "read_metrics", "read_record", "restore_runs", "run_rows", "steps_to_target"]
 
 METRICS = "metrics.jsonl"
 CURVES = "curves.csv"
@@ -131,10 +131,16 @@ def _record_reached(record: dict, frame: pd.DataFrame, target: float, run_dir: P
     return None if steps is None else int(steps)
 
 
+def has_curve(frame) -> bool:
+    """Whether a run's metrics are a logged curve, not only the final eval loss of a run restored without one."""
+    return len(frame) > 1
+
+
 def curves_table(metrics: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:
-    """Every run's logged train and eval loss in one long table (`CURVE_COLUMNS`): the card's ``curves.csv``."""
+    """Every run's logged train and eval loss in one long table (`CURVE_COLUMNS`): the card's ``curves.csv``. A run
+    restored without a curve has no rows (a later restore then counts its steps to target from ``runs.csv``)."""
     frames = [frame.reindex(columns=["step", "loss", "eval_loss"]).assign(arm=label, seed=seed)
-              for (label, seed), frame in metrics.items()]
+              for (label, seed), frame in metrics.items() if has_curve(frame)]
     return pd.concat(frames, ignore_index=True)[CURVE_COLUMNS] if frames else pd.DataFrame(columns=CURVE_COLUMNS)
 
 
@@ -205,6 +211,7 @@ def restore_runs(card: str | Path, arms: Sequence[dict], seeds: Sequence[int], s
                                   f"{arm['spec']!r} here; give this spec another --arm-names label")
             curve = [] if curves is None else curves[(curves["arm"].astype(str) == arm["label"]) &
                                                      (curves["seed"] == seed)]
+            curve = curve if has_curve(curve) else []  # a card written before bare runs were left out of its curves
             try:
                 record = _record(row, curve, arm, seed, steps, settings.get("target_loss"), card)
             except (TypeError, ValueError) as exc:
