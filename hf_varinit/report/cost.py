@@ -26,7 +26,7 @@ from hf_varinit.record.stats_file import load_stats
 from hf_varinit.reference_reports import bundled_report
 from hf_varinit.report.report import VarianceReport
 
-__all__ = ["non_embedding_params", "pilot_cost", "run_cost"]
+__all__ = ["non_embedding_params", "pilot_cost", "report_run_cost", "run_cost"]
 
 
 def non_embedding_params(model_type: Any, config: Any) -> int | None:
@@ -60,6 +60,16 @@ def run_cost(metadata: Mapping[str, Any]) -> dict[str, int | None]:
     return {"steps": steps, "tokens": tokens, "flops": 6 * params * tokens if params else None}
 
 
+def _run_metadata(report: VarianceReport) -> dict[str, Any]:
+    """The report's metadata over its statistics' (the run that made it)."""
+    return {**(report.stats.metadata if report.stats is not None else {}), **report.metadata}
+
+
+def report_run_cost(report: VarianceReport) -> dict[str, int | None]:
+    """What the training run behind a report of one run cost: `run_cost` of its metadata."""
+    return run_cost(_run_metadata(report))
+
+
 def pilot_cost(spec: str) -> dict[str, Any]:
     """What the pilot behind an arm's rule cost, in training tokens and FLOPs: the training of the report it reads.
 
@@ -86,9 +96,8 @@ def pilot_cost(spec: str) -> dict[str, Any]:
         return {"report": source, "tokens": 0, "flops": 0,
                 "note": "a reference report bundled with the package: no pilot cost to the user"}
     report = VarianceReport.load(source)
-    metadata = {**(report.stats.metadata if report.stats is not None else {}), **report.metadata}
     if report.is_snapshot:
-        tokens = metadata.get("train_tokens")
+        tokens = _run_metadata(report).get("train_tokens")
         if isinstance(tokens, int) and not isinstance(tokens, bool):
             params = non_embedding_params(report.model_type, report.config)
             return {"report": source, "tokens": tokens, "flops": 6 * params * tokens if params else None,
@@ -104,7 +113,7 @@ def pilot_cost(spec: str) -> dict[str, Any]:
         return {"report": source, "tokens": None if None in tokens else int(sum(tokens)),
                 "flops": None if None in flops else int(sum(flops)),
                 "note": f"{len(sources)} source runs" + ("" if None not in tokens else ", not all readable")}
-    cost = run_cost(metadata)
+    cost = report_run_cost(report)
     return {"report": source, "tokens": cost["tokens"], "flops": cost["flops"],
             "note": "one source run" if cost["tokens"] is not None else "unknown"}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hf_varinit.arch.config import hidden_size
 from hf_varinit.errors import ReportError
 from hf_varinit.init.compatibility import table_fans
-from hf_varinit.report.cost import run_cost
+from hf_varinit.report.cost import report_run_cost
 from hf_varinit.report.report import VarianceReport
 from hf_varinit.report.transfer import check_combinable, fit_runs
 
@@ -34,12 +34,8 @@ def combine_reports(reports: list[VarianceReport]) -> VarianceReport:
     check_combinable(runs)
     base = max(range(len(runs)), key=lambda i: (runs[i]["width"], runs[i]["n_layer"] or 0))
     fit = fit_runs(runs)
-    fit.source_costs = [_cost(r) for r in reports]  # kept: the runs may not travel with the report
+    # kept: the runs may not travel with the report
+    fit.source_costs = [{key: cost[key] for key in ("tokens", "flops")} for cost in map(report_run_cost, reports)]
     reports[base].transfer = fit
     return reports[base]
 
-
-def _cost(report: VarianceReport) -> dict[str, int | None]:
-    metadata = {**(report.stats.metadata if report.stats is not None else {}), **report.metadata}
-    cost = run_cost(metadata)
-    return {"tokens": cost["tokens"], "flops": cost["flops"]}

@@ -67,7 +67,7 @@ def break_even_runs(pilot_flops: float | None, run_flops: float | None, run_step
     or a saving (a report that saves no steps never pays); 0 for a rule that reads no report."""
     if pilot_flops == 0:
         return 0.0
-    if not pilot_flops or not run_flops or not run_steps or steps_diff is None or math.isnan(steps_diff) \
+    if not pilot_flops or not run_flops or not run_steps or pd.isna(steps_diff) \
             or steps_diff >= 0:
         return None
     return pilot_flops / (-steps_diff * run_flops / run_steps)
@@ -137,22 +137,22 @@ def summarize(runs: pd.DataFrame, metrics: dict[tuple[str, int], pd.DataFrame], 
 def _interval(mean, lo, hi, reached: str, digits: int = 4) -> str:
     n, total = map(int, reached.split("/"))
     missed = f"not reached {total - n}/{total}"
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+    if pd.isna(mean):
         return missed
-    text = format_cell(float(mean), digits) + ("" if lo is None or math.isnan(lo) else
+    text = format_cell(float(mean), digits) + ("" if pd.isna(lo) else
                                                f" [{format_cell(lo, digits)}, {format_cell(hi, digits)}]")
     return text + ("" if n == total else f" ({missed})")
 
 
 def _tokens(value) -> str:
-    return "unknown" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{int(value):,}"
+    return "unknown" if pd.isna(value) else f"{int(value):,}"
 
 
 def _test_text(diff, lo, hi, p) -> str:
     """A difference with its 95 % interval and p: ``+0.1 [-0.2, +0.4], p=0.5``."""
-    if diff is None or (isinstance(diff, float) and math.isnan(diff)):
+    if pd.isna(diff):
         return "n/a"
-    if p is None or math.isnan(p):
+    if pd.isna(p):
         return f"{diff:+.4g} (no test)"
     return f"{diff:+.4g} [{lo:+.4g}, {hi:+.4g}], p={p:.3g}"
 
@@ -183,13 +183,13 @@ def lm_table(summary: pd.DataFrame, horizons: Sequence[int], target: float) -> s
 
 
 def _flops(value) -> str:
-    return "unknown" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.3g}"
+    return "unknown" if pd.isna(value) else f"{float(value):.3g}"
 
 
 def _break_even_text(even, pilot_flops) -> str:
-    if even is not None and not (isinstance(even, float) and math.isnan(even)):
+    if not pd.isna(even):
         return "0 (no pilot)" if even == 0 else f"{even:.3g}"
-    unknown = pilot_flops is None or (isinstance(pilot_flops, float) and math.isnan(pilot_flops))
+    unknown = pd.isna(pilot_flops)
     return "pilot cost unknown" if unknown else "no saving to pay with"
 
 
@@ -237,9 +237,9 @@ def verdicts(summary: pd.DataFrame, target: float) -> list[str]:
                                                     "it in both arms)", " steps")):
             diff, p = row[f"{prefix}_diff"], row[f"{prefix}_p"]
             head = f"{row['arm']} vs {first['arm']}, {what}:"
-            if diff is None or (isinstance(diff, float) and math.isnan(diff)):
+            if pd.isna(diff):
                 lines.append(f"{head} not comparable (reached by {row['reached']} vs {first['reached']} seeds).")
-            elif p is None or math.isnan(p):
+            elif pd.isna(p):
                 lines.append(f"{head} difference {diff:+.4g}{unit}; no test (fewer than two values or no spread).")
             elif p < ALPHA:
                 word = "lower" if diff < 0 else "higher"
